@@ -1,0 +1,1 @@
+"""Ray Tune search of the SPD loss weights λ."""
