@@ -1,0 +1,162 @@
+"""The SPD network assembled from the task set, and the model file (`spd-model/1`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spd.config import BACKBONES, TASKS, ModelConfig, params_to_dict
+from spd.data.targets import HEAD_STRIDE
+from spd.errors import SpdError
+from spd.io import atomic_write_bytes
+from spd.labels import NUM_DP_PARTS, NUM_JOINTS
+from spd.model.backbone import ResNetBackbone
+from spd.model.heads import DensePoseHead, PoseHead, SegHead, conv_bn_relu, resize_to
+
+MODEL_FORMAT = "spd-model/1"
+
+
+class SPDNet(nn.Module):
+    """Shared dilated ResNet + segmentation (always), pose and DensePose heads (per `tasks`).
+
+    forward(x (B, 3, H, W)) -> dict at head resolution (h, w) = (ceil(H/8), ceil(W/8)):
+      seg_init, seg (B, K, h, w); pose_init, pose (B, 16, h, w);
+      dp_index (B, 25, h, w); dp_u, dp_v (B, 24, h, w) in [0, 1]. Keys of disabled tasks are absent.
+    With output stride 16 the backbone features are upsampled to stride 8 before the heads.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        tasks = tuple(cfg.tasks)
+        if "seg" not in tasks or any(t not in TASKS for t in tasks):
+            raise SpdError(f"model.tasks: expected a subset of {list(TASKS)} including 'seg', got {list(tasks)}")
+        self.cfg = cfg
+        self.tasks = tasks
+        self.num_classes = num_classes
+        self.backbone = ResNetBackbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_bn)
+        c3, c4 = self.backbone.channels
+        ch = cfg.head_channels
+        context_in: dict[str, int] = {}
+        if "pose" in tasks or "densepose" in tasks:
+            # pose and DensePose share one cheap neck over layer3 + layer4 (mid- and high-level cues)
+            self.neck = conv_bn_relu(c3 + c4, ch, k=1)
+        if "pose" in tasks:
+            self.pose_head = PoseHead(ch, ch, NUM_JOINTS, num_classes)
+            context_in["pose"] = NUM_JOINTS
+        if "densepose" in tasks:
+            self.dp_head = DensePoseHead(ch, ch, NUM_DP_PARTS)
+            context_in["densepose"] = (NUM_DP_PARTS + 1) + 2 * NUM_DP_PARTS
+        self.seg_head = SegHead(c4, ch, num_classes, context_in)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        H, W = x.shape[-2:]
+        size = (-(-H // HEAD_STRIDE), -(-W // HEAD_STRIDE))
+        feats = self.backbone(x)
+        c3, c4 = resize_to(feats["layer3"], size), resize_to(feats["layer4"], size)
+        out: dict[str, torch.Tensor] = {}
+        context: dict[str, torch.Tensor] = {}
+        seg_feat, seg_init = self.seg_head.initial(c4)
+        out["seg_init"] = seg_init
+        if "pose" in self.tasks or "densepose" in self.tasks:
+            shared = self.neck(torch.cat([c3, c4], dim=1))  # (B, C, h, w)
+        if "pose" in self.tasks:
+            pose_feat, pose_init = self.pose_head.initial(shared)
+            out["pose_init"] = pose_init
+            out["pose"] = self.pose_head.refined(pose_feat, pose_init, seg_init)
+            context["pose"] = pose_init
+        if "densepose" in self.tasks:
+            dp = self.dp_head(shared)
+            out.update(dp)
+            context["densepose"] = torch.cat([dp["dp_index"], dp["dp_u"], dp["dp_v"]], dim=1)
+        out["seg"] = self.seg_head.refined(seg_feat, seg_init, context)
+        return out
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> SPDNet:
+    """The SPD network for `cfg` (backbone, output stride, tasks, head width) and `num_classes`."""
+    return SPDNet(cfg, num_classes)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model  # DDP / DataParallel
+
+
+def save_model_file(
+    path: str | Path,
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    num_classes: int,
+    label_set: str,
+    image_size: int,
+) -> None:
+    """Write the `spd-model/1` file atomically (readers never see a half-written model)."""
+    state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "model": params_to_dict(model_cfg),
+        "num_classes": int(num_classes),
+        "label_set": str(label_set),
+        "image_size": int(image_size),
+        "state_dict": state,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def model_config_from_dict(raw: Any, where: str) -> ModelConfig:
+    if not isinstance(raw, dict):
+        raise SpdError(f"{where}: 'model' is not a mapping")
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(raw) - names
+    if unknown:
+        raise SpdError(f"{where}: unknown model keys {sorted(unknown)}")
+    kw = dict(raw)
+    if "tasks" in kw:
+        kw["tasks"] = tuple(kw["tasks"])
+    if kw.get("backbone", "resnet18") not in BACKBONES:
+        raise SpdError(f"{where}: unknown backbone {kw.get('backbone')!r}")
+    # The trained weights replace any pretrained backbone: never read that file again at load time.
+    kw["pretrained"] = None
+    return ModelConfig(**kw)
+
+
+def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SPDNet, dict]:
+    """Rebuild the network from a model file -> (model in eval mode, info).
+
+    info: {'format', 'model_cfg' (ModelConfig), 'num_classes', 'label_set', 'image_size'}.
+    Raises SpdError naming the path when the file is missing, unreadable or not an SPD model file.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise SpdError(f"{path}: model file not found") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is a user error
+        raise SpdError(f"{path}: cannot read model file ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise SpdError(f"{path}: not an SPD model file (expected format {MODEL_FORMAT!r}, got {got!r})")
+    missing = [k for k in ("model", "num_classes", "label_set", "image_size", "state_dict") if k not in payload]
+    if missing:
+        raise SpdError(f"{path}: model file lacks {missing}")
+    cfg = model_config_from_dict(payload["model"], str(path))
+    try:
+        model = build_model(cfg, int(payload["num_classes"]))
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise SpdError(f"{path}: weights do not match the model config ({str(e).splitlines()[0][:200]})") from None
+    model.eval()
+    info = {
+        "format": payload["format"],
+        "model_cfg": cfg,
+        "num_classes": int(payload["num_classes"]),
+        "label_set": str(payload["label_set"]),
+        "image_size": int(payload["image_size"]),
+    }
+    return model, info
