@@ -175,8 +175,10 @@ class AblationConfig:
     task_sets: tuple[str, ...] = ("seg", "seg+pose", "seg+densepose", "seg+pose+densepose")
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 6
-    out_dir: str = "ablation/runs"
+    out_dir: str = "ablation/runs"  # one directory per cell: <task set>-s<seed>/
     report: str = "reports/ablation.md"
+    metrics: str = "reports/ablation.json"  # the report's numbers, for `dvc metrics`
+    plot: str = "reports/ablation.png"
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,12 @@ def _cross_field_checks(p: Params) -> None:
             fail(f"ablation.task_sets[{i}]", f"expected tasks joined by '+' including seg, got {ts!r}")
     if not p.ablation.seeds:
         fail("ablation.seeds", "expected at least one seed")
+    for key, values in (("ablation.task_sets", p.ablation.task_sets), ("ablation.seeds", p.ablation.seeds)):
+        if len(set(values)) != len(values):
+            fail(key, f"lists an entry twice: {list(values)} (each cell must be unique)")
+    for i, ts in enumerate(p.ablation.task_sets):
+        if len(set(ts.split("+"))) != len(ts.split("+")):
+            fail(f"ablation.task_sets[{i}]", f"lists a task twice: {ts!r}")
 
 
 # ---------------------------------------------------------------------------------------------
