@@ -69,7 +69,9 @@ class SegHead(nn.Module):
         feat = self.context(x)  # (B, C, h, w)
         return feat, self.init_logits(feat)  # (B, K, h, w)
 
-    def refined(self, feat: torch.Tensor, init: torch.Tensor, context: dict[str, torch.Tensor]) -> torch.Tensor:
+    def refined(
+        self, feat: torch.Tensor, init: torch.Tensor, context: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         parts = [feat, init] + [self.remaps[k](context[k]) for k in self.remaps]
         return self.logits(self.refine(torch.cat(parts, dim=1)))  # (B, K, h, w)
 
@@ -83,9 +85,7 @@ class PoseHead(nn.Module):
         self.init_maps = nn.Conv2d(channels, num_joints, 1)
         self.remap_seg = Remap(num_classes, channels // 2)
         cat = channels + num_joints + channels // 2
-        self.refine = nn.Sequential(
-            conv_bn_relu(cat, channels), conv_bn_relu(channels, channels, dilation=2)
-        )
+        self.refine = nn.Sequential(conv_bn_relu(cat, channels), conv_bn_relu(channels, channels, dilation=2))
         self.maps = nn.Conv2d(channels, num_joints, 1)
 
     def initial(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

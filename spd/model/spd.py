@@ -34,7 +34,9 @@ class SPDNet(nn.Module):
         super().__init__()
         tasks = tuple(cfg.tasks)
         if "seg" not in tasks or any(t not in TASKS for t in tasks):
-            raise SpdError(f"model.tasks: expected a subset of {list(TASKS)} including 'seg', got {list(tasks)}")
+            raise SpdError(
+                f"model.tasks: expected a subset of {list(TASKS)} including 'seg', got {list(tasks)}"
+            )
         self.cfg = cfg
         self.tasks = tasks
         self.num_classes = num_classes
@@ -142,7 +144,9 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise SpdError(f"{path}: not an SPD model file (expected format {MODEL_FORMAT!r}, got {got!r})")
-    missing = [k for k in ("model", "num_classes", "label_set", "image_size", "state_dict") if k not in payload]
+    missing = [
+        k for k in ("model", "num_classes", "label_set", "image_size", "state_dict") if k not in payload
+    ]
     if missing:
         raise SpdError(f"{path}: model file lacks {missing}")
     cfg = model_config_from_dict(payload["model"], str(path))
@@ -150,7 +154,9 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         model = build_model(cfg, int(payload["num_classes"]))
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise SpdError(f"{path}: weights do not match the model config ({str(e).splitlines()[0][:200]})") from None
+        raise SpdError(
+            f"{path}: weights do not match the model config ({str(e).splitlines()[0][:200]})"
+        ) from None
     model.eval()
     info = {
         "format": payload["format"],

@@ -1,0 +1,190 @@
+"""Training and evaluation loops (torchvision references style): plain functions over a loader.
+
+Both consume batches collated from `SPDDataset` dicts (see docs/ARCHITECTURE.md). Evaluation
+accumulators are all-reduced when torch.distributed is initialised, so with a sharding sampler
+without duplicates the metrics equal a single-process evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spd.config import TrainConfig
+from spd.data.targets import decode_heatmaps
+from spd.metrics import ConfusionMatrix, DensePoseAccumulator, PCKhAccumulator, PerImageIoU, all_reduce_
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW; no weight decay on norm weights and biases (1-d parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def poly_lr_scheduler(
+    optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration poly decay lr = base * (1 - it / total_iters) ** power (stepped every batch)."""
+    total = max(1, int(total_iters))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1.0 - min(it, total) / total) ** power)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: Mapping, device: torch.device) -> dict:
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    device: torch.device | str,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean loss components, `loss`, `lr` and `images_per_s`.
+
+    on_step(step, {'loss': ..., 'loss_seg': ...}) is called after every optimizer step (logging,
+    fault-injection hooks). A non-finite loss raises FloatingPointError instead of corrupting weights.
+    """
+    device = torch.device(device)
+    model.train()
+    sums: dict[str, float] = {}
+    steps = images = 0
+    start = time.perf_counter()
+    for step, raw in enumerate(loader):
+        batch = to_device(raw, device)
+        x = batch["image"]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, autocast_dtype):
+            outputs = model(x)
+        loss, components = criterion(outputs, batch)  # losses run in fp32 on upcast outputs
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        values = {"loss": float(loss.detach())} | {k: float(v) for k, v in components.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+        images += x.shape[0]
+        if on_step is not None:
+            on_step(step, values)
+    elapsed = time.perf_counter() - start
+    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out["lr"] = optimizer.param_groups[0]["lr"]
+    out["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
+    return out
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    device: torch.device | str,
+    *,
+    num_classes: int,
+    tasks: tuple[str, ...] | list[str],
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict:
+    """Metrics over `loader` at label resolution (the packed image size).
+
+    Keys: miou, pixel_acc, mean_acc, per_class_iou (list), miou_present, per_image_miou; with
+    pose: pckh, pckh_per_joint; with densepose: dp_miou, dp_pixel_acc, dp_uv_error, dp_u_error,
+    dp_v_error; always num_images.
+    """
+    device = torch.device(device)
+    model.eval()
+    conf = ConfusionMatrix(num_classes)
+    per_image = PerImageIoU(num_classes)
+    pckh = PCKhAccumulator() if "pose" in tasks else None
+    dp = DensePoseAccumulator() if "densepose" in tasks else None
+    count = torch.zeros(1, dtype=torch.float64)
+    for raw in loader:
+        batch = to_device(raw, device)
+        x = batch["image"]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, autocast_dtype):
+            outputs = model(x)
+        size = tuple(batch["parsing"].shape[-2:])
+        pred = upsample(outputs["seg"], size).argmax(1)  # (B, H, W)
+        conf.update(batch["parsing"], pred)
+        per_image.update(batch["parsing"], pred)
+        count += x.shape[0]
+        if pckh is not None:
+            joints = decode_heatmaps(outputs["pose"])  # (B, J, 3) in input pixels
+            pckh.update(joints, batch["keypoints"], batch.get("has_pose"))
+        if dp is not None:
+            has_iuv = batch.get("has_iuv")
+            keep = has_iuv.bool() if has_iuv is not None else torch.ones(x.shape[0], dtype=torch.bool)
+            if keep.any():
+                keep = keep.to(device)
+                logits = upsample(outputs["dp_index"][keep], size)
+                part = logits.argmax(1)  # (b, H, W)
+                gather = (part.clamp(min=1) - 1).unsqueeze(1)
+                u = upsample(outputs["dp_u"][keep], size).gather(1, gather)
+                v = upsample(outputs["dp_v"][keep], size).gather(1, gather)
+                uv_valid = batch.get("uv_valid")
+                dp.update(
+                    batch["dp_index"][keep],
+                    part,
+                    batch["dp_uv"][keep],
+                    torch.cat([u, v], dim=1),
+                    uv_valid[keep] if uv_valid is not None else None,
+                )
+    conf.reduce_from_all_processes()
+    per_image.reduce_from_all_processes()
+
+    all_reduce_(count)
+    metrics: dict = conf.compute() | per_image.compute()
+    if pckh is not None:
+        pckh.reduce_from_all_processes()
+        metrics |= pckh.compute()
+    if dp is not None:
+        dp.reduce_from_all_processes()
+        metrics |= dp.compute()
+    metrics["num_images"] = int(count.item())
+    return {k: _nan_to_none(v) for k, v in metrics.items()}
+
+
+def _nan_to_none(v: object) -> object:
+    """NaN (a metric with nothing to measure) -> None, so reports stay valid JSON."""
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    return None if isinstance(v, float) and math.isnan(v) else v
