@@ -358,7 +358,7 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
             sr = region("socks", atr_leg, _cloth(rng, style))
             _capsule(cv.region, knee + (ankle - knee) * 0.55, ankle, r_ll * 1.05, sr)
         if bottom == "pants" or top == "jumpsuits":
-            cls, atr_cls = ("pants", "pants") if top != "jumpsuits" else ("jumpsuits", "pants")
+            cls, atr_cls = ("pants", "pants") if top != "jumpsuits" else ("jumpsuits", "upper_clothes")
             col, look = (pants_col, pants_look) if top != "jumpsuits" else (top_colour, top_look)
             pr = region(cls, atr_cls, col, look)
             _capsule(cv.region, hip, knee, r_ul * 1.15, pr)

@@ -1,0 +1,64 @@
+"""params.yaml handling as a user meets it: a bad key is named, --set overrides, and spd/ stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spd.config import ConfigError, load_params
+
+
+def _spd(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        (lambda p: p["prepare"].update(image_size=100), "prepare.image_size"),
+        (lambda p: p["prepare"]["main"].update(val_fraction=1.5), "prepare.main.val_fraction"),
+        (lambda p: p["prepare"].update(bad_data="ignore"), "prepare.bad_data"),
+        (lambda p: p["synth"]["cross"].update(cuont=3), "synth.cross.cuont"),
+        (lambda p: p["loss"].update(lambda_seg=-1), "loss.lambda_seg"),
+    ],
+)
+def test_a_bad_params_file_names_the_key(tmp_path: Path, project_root: Path, edit, key: str) -> None:
+    params = yaml.safe_load((project_root / "params.yaml").read_text())
+    edit(params)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    proc = _spd(["prepare", "--params", str(bad)], project_root)
+    assert proc.returncode == 2
+    assert key in proc.stderr and "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr
+
+
+def test_set_overrides_a_value_and_is_validated(tmp_path: Path, project_root: Path) -> None:
+    params = load_params(project_root / "params.yaml", ["prepare.image_size=64", "prepare.cross=null"])
+    assert params.prepare.image_size == 64 and params.prepare.cross is None
+    with pytest.raises(ConfigError, match="prepare.image_size"):
+        load_params(project_root / "params.yaml", ["prepare.image_size=60"])
+    proc = _spd(["synth", "--set", "synth.image_size=8", "--out", str(tmp_path / "x")], project_root)
+    assert proc.returncode == 2 and "synth.image_size" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_spd_imports_no_ray_mlflow_or_dvc(project_root: Path) -> None:
+    code = (
+        "import importlib, pkgutil, sys, spd\n"
+        "for m in pkgutil.walk_packages(spd.__path__, 'spd.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('ray', 'mlflow', 'dvc'))\n"
+        "print(len([n for n in sys.modules if n.startswith('spd.')]), heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=project_root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, heavy = proc.stdout.strip().split(" ", 1)
+    assert int(count) >= 10 and heavy == "[]", proc.stdout
