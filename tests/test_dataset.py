@@ -31,7 +31,7 @@ def test_items_have_the_contract_shapes_and_dtypes(prepared_tiny: Path) -> None:
     }
     assert {k: (v.dtype, tuple(v.shape)) for k, v in item.items()} == expect
     assert item["index"] == 2 and item["has_pose"] and item["has_iuv"] and item["uv_valid"]
-    assert 0 <= item["dp_uv"].min() and item["dp_uv"].max() <= 1
+    assert item["dp_uv"].min() >= 0 and item["dp_uv"].max() <= 1
     labelled = item["parsing"][item["parsing"] != IGNORE]
     assert labelled.max() < len(LIP_CLASSES)
     packed = PackedSplit(prepared_tiny / "val")

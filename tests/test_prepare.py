@@ -163,20 +163,45 @@ BAD_CASES = {
     "truncated_jpeg": (lambda r: _truncate(r, IMG.format(2)), IMG.format(2), "truncated JPEG", True),
     "truncated_png": (lambda r: _truncate(r, SEG.format(3)), SEG.format(3), "truncated PNG", True),
     "corrupt_png": (lambda r: _garbage(r, SEG.format(4)), SEG.format(4), "not a readable label", True),
-    "size_mismatch": (lambda r: _resize_label(r, SEG.format(5)), SEG.format(5), "differs from its image", True),
-    "label_out_of_range": (lambda r: _out_of_range(r, SEG.format(6)), SEG.format(6), "label id 42 out of range", True),
+    "size_mismatch": (
+        lambda r: _resize_label(r, SEG.format(5)),
+        SEG.format(5),
+        "differs from its image",
+        True,
+    ),
+    "label_out_of_range": (
+        lambda r: _out_of_range(r, SEG.format(6)),
+        SEG.format(6),
+        "label id 42 out of range",
+        True,
+    ),
     "no_parsing_file": (lambda r: (r / SEG.format(7)).unlink(), IMG.format(7), "no parsing file", True),
-    "csv_field_count": (lambda r: _edit_line(r, CSV, 1, lambda s: s + ",7"), CSV + ":2", "50 fields; expected 49", False),
+    "csv_field_count": (
+        lambda r: _edit_line(r, CSV, 1, lambda s: s + ",7"),
+        CSV + ":2",
+        "50 fields; expected 49",
+        False,
+    ),
     "csv_non_numeric": (
         lambda r: _edit_line(r, CSV, 2, lambda s: s.replace(",", ",abc,", 1).rsplit(",", 1)[0]),
         CSV + ":3",
         "non-numeric pose value 'abc'",
         False,
     ),
-    "duplicate_id": (lambda r: _edit_line(r, IDS, 8, lambda s: "train_00001"), IDS, "duplicate id 'train_00001'", True),
+    "duplicate_id": (
+        lambda r: _edit_line(r, IDS, 8, lambda s: "train_00001"),
+        IDS,
+        "duplicate id 'train_00001'",
+        True,
+    ),
     "id_dotdot": (lambda r: _edit_line(r, IDS, 9, lambda s: ".."), IDS, "contains '..'", True),
-    "id_with_slash": (lambda r: _edit_line(r, IDS, 10, lambda s: "sub/train_00010"), IDS, "path separator", True),
-}  # fmt: skip
+    "id_with_slash": (
+        lambda r: _edit_line(r, IDS, 10, lambda s: "sub/train_00010"),
+        IDS,
+        "path separator",
+        True,
+    ),
+}
 
 
 @pytest.fixture
@@ -253,16 +278,35 @@ def test_cli_reports_bad_data_without_traceback(raw_copy: Path, tmp_path: Path, 
     params = tmp_path / "params.yaml"
     params.write_text((project_root / "params.yaml").read_text())
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "prepare", "--params", str(params), "--no-progress",
-           "--set", f"prepare.main.root={raw_copy}", "--set", f"prepare.main.out={out}",
-           "--set", "prepare.cross=null", "--set", "prepare.image_size=64"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "prepare",
+        "--params",
+        str(params),
+        "--no-progress",
+        "--set",
+        f"prepare.main.root={raw_copy}",
+        "--set",
+        f"prepare.main.out={out}",
+        "--set",
+        "prepare.cross=null",
+        "--set",
+        "prepare.image_size=64",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=project_root, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"{raw_copy / IMG.format(1)}: truncated JPEG" in proc.stderr
     assert not out.exists()
-    proc = subprocess.run(cmd + ["--set", "prepare.bad_data=skip"], capture_output=True, text=True,
-                          cwd=project_root, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        cmd + ["--set", "prepare.bad_data=skip"],
+        capture_output=True,
+        text=True,
+        cwd=project_root,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 bad file(s)" in proc.stdout and "truncated JPEG" in proc.stdout
     assert len(PackedSplit(out / "train")) == 23

@@ -36,8 +36,23 @@ def test_cli_synth_twice_gives_identical_bytes_and_atr_layout_has_atr_ids(
     tmp_path: Path, project_root: Path
 ) -> None:
     def synth(out: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "pipeline.cli", "synth", "--out", str(out), "--seed", "3",
-               "--train", "4", "--val", "2", "--image-size", "48", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "synth",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--train",
+            "4",
+            "--val",
+            "2",
+            "--image-size",
+            "48",
+            *extra,
+        ]
         proc = subprocess.run(cmd, cwd=project_root, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
