@@ -1,0 +1,183 @@
+"""`spd register`: log the trained model as an MLflow pyfunc, register it, gate the `champion` alias.
+
+The new version takes `champion` only if its val mIoU (reports/metrics.json, from `spd evaluate`)
+is at least the current champion's; otherwise it gets `challenger`. The decision, with both figures,
+goes to `register.report`.
+
+Concurrency guarantee: the read-compare-set of the aliases runs under a registry-wide mutex, so two
+`spd register` runs at once (same machine or different machines, sqlite or a tracking server) leave
+`champion` on the better of the two (ties: the later one) and `challenger` on the other. The mutex
+is a registered model named `<name>.register-lock`: creating a registered model is atomic in every
+MLflow backend (a unique key), so exactly one run holds it; the holder deletes it when done, and a
+lock left by a crashed run is broken after `STALE_LOCK_S`. The version's mIoU is stored as its tag
+`val_miou` before the lock is taken, so every decision compares recorded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from spd.config import Params
+from spd.errors import SpdError
+from spd.io import atomic_write_json
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MIOU_TAG = "val_miou"
+LOCK_SUFFIX = ".register-lock"
+LOCK_WAIT_S = 300.0
+STALE_LOCK_S = 600.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-file", default=None, help="model to register (default: train.model_out)")
+    parser.add_argument(
+        "--metrics", default=None, help="evaluation metrics (default: <evaluate.out_dir>/metrics.json)"
+    )
+
+
+def read_val_miou(path: Path) -> float:
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpdError(f"{path}: metrics not found; run `spd evaluate` first") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpdError(f"{path}: cannot read metrics ({e})") from None
+    miou = metrics.get("miou") if isinstance(metrics, dict) else None
+    if not isinstance(miou, (int, float)) or isinstance(miou, bool):
+        raise SpdError(f"{path}: expected a number under key 'miou', got {miou!r}")
+    return float(miou)
+
+
+def redact(uri: str) -> str:
+    """A tracking URI fit for a report: user:password@ removed."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+@contextmanager
+def registry_lock(client: Any, name: str) -> Iterator[None]:
+    """Hold the registry-wide mutex for `name` (see the module docstring)."""
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    owner = json.dumps({"owner": f"{socket.gethostname()}:{os.getpid()}", "since": time.time()})
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            client.create_registered_model(lock, description=owner)
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = json.loads(client.get_registered_model(lock).description or "{}")
+            if time.time() - float(held.get("since", 0)) > STALE_LOCK_S:
+                client.delete_registered_model(lock)  # its holder died; the next create decides
+                continue
+        except (MlflowException, ValueError):
+            pass  # released (or being replaced) between our create and get: try again
+        if time.monotonic() > deadline:
+            raise SpdError(
+                f"registered model {lock!r} has been held for over {LOCK_WAIT_S:.0f} s by another "
+                "`spd register`; if none is running, delete it in the MLflow UI"
+            )
+        time.sleep(0.1 + random.random() * 0.2)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
+def current_champion(client: Any, name: str) -> tuple[str, float] | None:
+    """(version, val mIoU) of the version holding `champion`, or None when no version does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    tag = mv.tags.get(MIOU_TAG)
+    # A champion set by hand without the tag is kept unless beaten by a recorded figure.
+    return str(mv.version), float(tag) if tag is not None else float("-inf")
+
+
+def _figure(miou: float) -> float | None:
+    return miou if miou != float("-inf") else None
+
+
+def gate(client: Any, name: str, version: str, miou: float) -> dict[str, Any]:
+    """Move `champion` to `version` if it is at least as good, else mark it `challenger`."""
+    with registry_lock(client, name):
+        before = current_champion(client, name)
+        takes = before is None or miou >= before[1]
+        client.set_registered_model_alias(name, CHAMPION if takes else CHALLENGER, version)
+        after = client.get_model_version_by_alias(name, CHAMPION)
+    champion_before = None if before is None else {"version": before[0], "val_miou": _figure(before[1])}
+    return {
+        "decision": CHAMPION if takes else CHALLENGER,
+        "champion_before": champion_before,
+        "champion_after": {
+            "version": str(after.version),
+            "val_miou": _figure(float(after.tags.get(MIOU_TAG, "-inf"))),
+        },
+    }
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline import runtime, serving
+
+    root = runtime.project_root(args.params)
+    model_file = Path(runtime.resolve_path(root, args.model_file or params.train.model_out))
+    metrics_file = Path(runtime.resolve_path(root, args.metrics or f"{params.evaluate.out_dir}/metrics.json"))
+    if not model_file.is_file():
+        raise SpdError(f"{model_file}: model file not found; run `spd train` first")
+    miou = read_val_miou(metrics_file)
+    name = params.register.model_name
+
+    uri = runtime.tracking_uri(params.mlflow, root)
+    runtime.check_tracking_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = runtime.get_or_create_experiment(client, params.mlflow.experiment, uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="register") as run:
+        mlflow.log_metric(MIOU_TAG, miou)
+        mlflow.log_params({"register.model_name": name, "register.max_pixels": params.register.max_pixels})
+        info = serving.log_pyfunc(model_file, params.register.max_pixels, params.evaluate.flip_tta, name)
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, MIOU_TAG, repr(miou))
+    client.set_model_version_tag(name, version, "metrics_file", str(metrics_file))
+    outcome = gate(client, name, version, miou)
+
+    report = {
+        "model_name": name,
+        "version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "run_id": run.info.run_id,
+        "tracking_uri": redact(uri),
+        "val_miou": miou,
+        **outcome,
+    }
+    atomic_write_json(runtime.resolve_path(root, params.register.report), report)
+    before = outcome["champion_before"]
+    was = "none" if before is None else f"v{before['version']} at {before['val_miou']}"
+    print(f"registered {name} v{version} (val mIoU {miou:.4f}); champion was {was}: {outcome['decision']}")
+    return 0

@@ -1,0 +1,112 @@
+"""`spd register` against a real `mlflow server`: the champion gate, its report, concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main as spd_main
+
+
+def make_project(root: Path, project_root: Path, model_file: Path, miou: float) -> Path:
+    """A project directory with the repo's params, a metrics file saying `miou`, and the model."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(project_root / "params.yaml", root / "params.yaml")
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": miou, "pixel_acc": 0.9}))
+    (root / "models").mkdir(exist_ok=True)
+    shutil.copy(model_file, root / "models" / "spd.pt")
+    return root
+
+
+def register_args(root: Path, name: str) -> list[str]:
+    return ["register", "--params", str(root / "params.yaml"), "--set", f"register.model_name={name}"]
+
+
+def test_register_over_http_gates_the_champion_alias(
+    mlflow_server: str, tiny_model_file: Path, project_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = "spd-gate-test"
+    reports = []
+    for i, miou in enumerate([0.40, 0.30, 0.50]):
+        root = make_project(tmp_path / f"p{i}", project_root, tiny_model_file, miou)
+        assert spd_main(register_args(root, name)) == 0
+        reports.append(json.loads((root / "reports" / "registry.json").read_text()))
+
+    first, worse, better = reports
+    assert first["decision"] == "champion" and first["champion_before"] is None
+    # A worse model does not take champion; the report carries both figures.
+    assert worse["decision"] == "challenger"
+    assert worse["val_miou"] == 0.30
+    assert worse["champion_before"] == {"version": first["version"], "val_miou": 0.40}
+    assert worse["champion_after"]["version"] == first["version"]
+    assert better["decision"] == "champion"
+    assert better["champion_before"] == {"version": first["version"], "val_miou": 0.40}
+
+    client = mlflow.MlflowClient(mlflow_server)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better["version"]
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
+    assert not client.search_registered_models(f"name = '{name}.register-lock'")
+
+    # A consumer loads the champion over HTTP and gets a mask.
+    import numpy as np
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+
+
+def test_register_without_metrics_names_the_missing_file(
+    tiny_model_file: Path, project_root: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    root = make_project(tmp_path / "p", project_root, tiny_model_file, 0.5)
+    (root / "reports" / "metrics.json").unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert spd_main(register_args(root, "spd-no-metrics")) == 1
+    assert "metrics.json: metrics not found" in capsys.readouterr().err
+    assert not (root / "reports" / "registry.json").exists()
+
+
+@pytest.mark.slow
+def test_two_registers_at_once_leave_the_better_model_champion(
+    mlflow_server: str, tiny_model_file: Path, project_root: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    name = "spd-race-test"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i, miou in enumerate([0.70, 0.60]):
+        root = make_project(tmp_path / f"p{i}", project_root, tiny_model_file, miou)
+        cmd = [sys.executable, "-m", "pipeline.cli", *register_args(root, name)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out.decode()[-3000:]
+
+    reports = [json.loads((tmp_path / f"p{i}" / "reports" / "registry.json").read_text()) for i in range(2)]
+    by_miou = {r["val_miou"]: r for r in reports}
+    client = mlflow.MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == by_miou[0.70]["version"]
+    # The two decisions are those of some serial order of the two runs.
+    better, worse = by_miou[0.70], by_miou[0.60]
+    if worse["decision"] == "champion":  # it went first
+        assert worse["champion_before"] is None
+        assert better["champion_before"] == {"version": worse["version"], "val_miou": 0.60}
+    else:
+        assert worse["champion_before"] == {"version": better["version"], "val_miou": 0.70}
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
+    assert better["decision"] == "champion"
+    assert not client.search_registered_models(f"name = '{name}.register-lock'")
