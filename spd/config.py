@@ -167,7 +167,8 @@ class TuneConfig:
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     seed: int = 0
-    out_dir: str = "tuning"
+    out_dir: str = "tuning"  # best_params.yaml, trials.csv, lambda_miou.png
+    storage_path: str = "tuning/ray_results"  # Tune + trial runs; shared FS or s3:// URI on a cluster
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,8 @@ def _cross_field_checks(p: Params) -> None:
         parts = ts.split("+")
         if "seg" not in parts or any(t not in TASKS for t in parts):
             fail(f"ablation.task_sets[{i}]", f"expected tasks joined by '+' including seg, got {ts!r}")
+    if p.tune.grace_period > p.tune.epochs:
+        fail("tune.grace_period", f"must be <= tune.epochs ({p.tune.epochs})")
     if not p.ablation.seeds:
         fail("ablation.seeds", "expected at least one seed")
     for key, values in (("ablation.task_sets", p.ablation.task_sets), ("ablation.seeds", p.ablation.seeds)):
@@ -503,3 +506,53 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def replace(obj: Any, **changes: Any) -> Any:
     """dataclasses.replace, re-exported so stage code does not juggle frozen objects by hand."""
     return dataclasses.replace(obj, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning results: the one place where `loss.from_tuning` takes effect.
+# ---------------------------------------------------------------------------------------------
+
+TUNING_KEYS = ("lambda_pose", "lambda_densepose", "lr")  # what best_params.yaml may set
+
+
+def read_tuning_results(path: str | Path) -> dict[str, float]:
+    """λp, λd (relative to λs) and optionally lr from a best_params.yaml written by `spd tune`."""
+    path = Path(path)
+    raw = read_params_file(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping written by `spd tune`")
+    out: dict[str, float] = {}
+    for key in TUNING_KEYS:
+        if key not in raw:
+            if key == "lr":
+                continue
+            raise ConfigError(f"{path}: {key}: missing (expected a positive number written by `spd tune`)")
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{path}: {key}: expected a positive number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def apply_tuning_results(params: Params, root: str | Path) -> Params:
+    """`params` with λp = λs·rel_p, λd = λs·rel_d (and lr, if searched) from `loss.tuning_file`,
+    when `loss.from_tuning` is true; otherwise `params` unchanged. Relative paths start at `root`."""
+    if not params.loss.from_tuning:
+        return params
+    path = Path(params.loss.tuning_file)
+    if not path.is_absolute():
+        path = Path(root) / path
+    if not path.is_file():
+        raise ConfigError(
+            f"loss.tuning_file: {path} not found; run the search first (`dvc repro tuning/dvc.yaml` "
+            "or `spd tune`), or set loss.from_tuning: false"
+        )
+    found = read_tuning_results(path)
+    lam_s = params.loss.lambda_seg
+    loss = replace(
+        params.loss,
+        lambda_pose=lam_s * found["lambda_pose"],
+        lambda_densepose=lam_s * found["lambda_densepose"],
+    )
+    train = replace(params.train, lr=found["lr"]) if "lr" in found else params.train
+    return replace(params, loss=loss, train=train)
