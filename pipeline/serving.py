@@ -37,6 +37,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from spd.data.imageio import check_complete
 from spd.errors import DataError
 
 MODEL_FILE = "model_file"  # artifact key: the spd model file (train.model_out)
@@ -51,7 +52,7 @@ PINNED_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "m
 
 
 # ---------------------------------------------------------------------------------------------
-# Input decoding and validation (also used by `spd predict` for files).
+# Input decoding and validation.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -64,24 +65,17 @@ def decode_image(data: bytes | str, name: str) -> np.ndarray:
             raise DataError(f"{name}: not an image (expected encoded image bytes or base64 text)") from None
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise DataError(f"{name}: not an image (expected encoded image bytes, got {type(data).__name__})")
+    check_complete(bytes(data), Path(name))  # libjpeg decodes a cut-off JPEG without complaint
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DataError(f"{name}: not an image (cannot decode {len(data)} bytes as PNG/JPEG/...)")
-    if image.ndim == 3 and image.shape[2] == 3:
+    if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
-
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """An image file -> RGB(A) / grayscale array; DataError naming the file if it is not one."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_image(data, str(path))
 
 
 def check_image(image: Any, max_pixels: int, name: str) -> np.ndarray:
