@@ -1,0 +1,234 @@
+"""`spd train`: distributed training on a real local Ray, tracked in a real (sqlite) MLflow store.
+
+The Ray runs are few and combined (each fit() pays Ray's fixed start-up cost): one 2-worker gloo run
+that learns, loses a worker mid-epoch and must match a single-process evaluation; one run that
+is interrupted and resumed. The rest needs no Ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import runtime
+from pipeline.train import FAULT_MARKER, history_csv, run_fingerprint, run_training
+from spd.config import MlflowConfig, replace
+from spd.errors import SpdError
+
+PER_EPOCH_KEYS = (
+    "train_loss",
+    "train_loss_seg",
+    "train_loss_pose",
+    "train_loss_densepose",
+    "lr",
+    "images_per_s",
+    "val_miou",
+    "val_pixel_acc",
+    "val_mean_acc",
+    "val_pckh",
+    "val_dp_miou",
+    "val_dp_uv_error",
+)
+
+
+def _mlflow(params):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=params.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_two_workers_learn_survive_a_killed_worker_and_match_single_process_eval(
+    ray_local, tiny_train_params, prepared_tiny, tmp_path
+):
+    from torch.utils.data import DataLoader
+
+    from spd.data.dataset import SPDDataset
+    from spd.engine import evaluate
+    from spd.model import load_model_file
+
+    params = tiny_train_params("train.epochs=4", "train.fault_at_epoch=2", "train.max_failures=1")
+    result = run_training(params, project_root=tmp_path)
+
+    # The fault hook killed a worker mid-way through epoch 2; Ray replaced the group and training
+    # went on from the epoch-1 checkpoint to the end.
+    assert (Path(result.storage_path) / result.run_name / FAULT_MARKER).is_file()
+    history = result.history
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+    # It learns.
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_miou"] > history[0]["val_miou"]
+
+    # Outputs: model file (weights_only-loadable), report, one CSV row per epoch.
+    payload = torch.load(result.model_path, weights_only=True)
+    assert payload["format"] == "spd-model/1" and payload["image_size"] == 64
+    report = json.loads((tmp_path / params.train.report).read_text())
+    assert report["epochs"] == 4 and report["run_name"] == result.run_name
+    assert report["final"]["val_miou"] == pytest.approx(history[-1]["val_miou"])
+    assert report["best"]["val_miou"] == max(r["val_miou"] for r in history)
+    rows = list(csv.DictReader((tmp_path / params.train.history).open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+    # The val metrics the 2 workers reported (each evaluating its own shard, summed) are those of
+    # one process evaluating the saved model on the whole val split.
+    model, info = load_model_file(result.model_path)
+    loader = DataLoader(SPDDataset(prepared_tiny / "val"), batch_size=3)
+    single = evaluate(
+        model,
+        loader,
+        "cpu",
+        num_classes=info["num_classes"],
+        tasks=params.model.tasks,
+        autocast_dtype=torch.bfloat16,
+        channels_last=True,
+    )
+    final = result.final_metrics
+    for ours, theirs in [("val_miou", "miou"), ("val_pixel_acc", "pixel_acc"), ("val_mean_acc", "mean_acc")]:
+        assert final[ours] == pytest.approx(single[theirs], abs=1e-6), ours
+    assert final["val_pckh"] == pytest.approx(single["pckh"], abs=1e-6)
+
+    # Exactly one MLflow run (rank 0 logs, not every worker), each metric once per epoch.
+    client, runs = _mlflow(params)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
+    for key in PER_EPOCH_KEYS:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == [1, 2, 3, 4], key
+    assert run.data.params["train.epochs"] == "4"
+    assert run.data.params["model.head_channels"] == "16"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "train_history.csv" in artifacts
+    assert client.list_artifacts(run.info.run_id, "overlays")
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_at_the_next_epoch_in_the_same_mlflow_run(
+    ray_local, tiny_train_params, tmp_path
+):
+    # No retries: the worker killed in epoch 2 ends the run after the epoch-1 checkpoint.
+    params = tiny_train_params(
+        "train.epochs=2",
+        "train.num_workers=1",
+        "train.cpus_per_worker=2",
+        "train.fault_at_epoch=2",
+        "train.max_failures=0",
+    )
+    with pytest.raises(SpdError, match="failed.*re-running resumes"):
+        run_training(params, project_root=tmp_path)
+    client, runs = _mlflow(params)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    first_id = runs[0].info.run_id
+    assert not (tmp_path / params.train.model_out).exists()  # no half-finished output
+
+    result = run_training(params, project_root=tmp_path)  # same params -> same run name
+
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    client, runs = _mlflow(params)
+    assert len(runs) == 1 and result.mlflow_run_id == first_id and runs[0].info.status == "FINISHED"
+    # Epoch 1 was not trained again: its metrics were logged once, by the first attempt.
+    steps = sorted(m.step for m in client.get_metric_history(first_id, "val_miou"))
+    assert steps == [1, 2]
+    assert (tmp_path / params.train.model_out).is_file()
+
+
+def test_an_unreachable_tracking_server_fails_before_training(tiny_train_params, tmp_path, capsys):
+    from pipeline.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    params = tiny_train_params(f"mlflow.tracking_uri={uri}")
+
+    start = time.monotonic()
+    with pytest.raises(SpdError, match=rf"MLflow tracking server {uri} is unreachable"):
+        run_training(params, project_root=tmp_path)
+    assert time.monotonic() - start < 15
+    assert not (tmp_path / "ray_results").exists()
+
+    # Through the CLI: one line naming the server, exit code 1, no traceback.
+    params_file = tmp_path / "params.yaml"
+    from spd.config import params_to_dict
+
+    params_file.write_text(yaml.safe_dump(params_to_dict(params)))
+    assert main(["train", "--params", str(params_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"MLflow tracking server {uri} is unreachable" in err and "Traceback" not in err
+
+
+def test_same_configuration_resumes_and_changed_weights_config_starts_afresh(
+    tiny_train_params, prepared_tiny
+):
+    params = tiny_train_params()
+    fp = run_fingerprint(params, prepared_tiny)
+    # Knobs that do not change the trained weights keep the run (and its checkpoints).
+    for change in (
+        {"num_workers": 1},
+        {"fault_at_epoch": 2},
+        {"storage_path": "/elsewhere"},
+        {"max_failures": 3},
+    ):
+        assert run_fingerprint(replace(params, train=replace(params.train, **change)), prepared_tiny) == fp
+    # Anything that changes the weights starts a new run.
+    assert run_fingerprint(replace(params, train=replace(params.train, lr=0.01)), prepared_tiny) != fp
+    assert run_fingerprint(replace(params, train=replace(params.train, epochs=9)), prepared_tiny) != fp
+    assert run_fingerprint(replace(params, loss=replace(params.loss, lambda_pose=2.0)), prepared_tiny) != fp
+
+
+def test_tracking_uri_param_then_env_then_sqlite_next_to_the_project(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert runtime.tracking_uri(MlflowConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert runtime.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert runtime.tracking_uri(MlflowConfig(), tmp_path) == "http://127.0.0.1:5000"
+    assert runtime.tracking_uri(MlflowConfig(tracking_uri="sqlite:///x.db"), tmp_path) == "sqlite:///x.db"
+
+
+def test_data_hash_comes_from_the_dvc_lock(tmp_path):
+    assert runtime.data_hash(tmp_path, "data/prepared/main") is None  # no lock yet
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "prepare": {
+                        "cmd": "spd prepare",
+                        "outs": [
+                            {"path": "data/prepared/main", "hash": "md5", "md5": "abc123.dir"},
+                            {"path": "data/prepared/cross", "hash": "md5", "md5": "def456.dir"},
+                        ],
+                    }
+                },
+            }
+        )
+    )
+    assert runtime.data_hash(tmp_path, "data/prepared/main") == "abc123.dir"
+    assert runtime.data_hash(tmp_path, "./data/prepared/cross") == "def456.dir"
+
+
+def test_history_csv_has_one_row_per_epoch_and_only_columns_that_exist():
+    rows = [
+        {"epoch": 1, "train_loss": 2.0, "train_loss_seg": 2.0, "lr": 1e-3, "images_per_s": 5.0},
+        {
+            "epoch": 2,
+            "train_loss": 1.0,
+            "train_loss_seg": 1.0,
+            "lr": 5e-4,
+            "images_per_s": 5.0,
+            "val_miou": 0.5,
+        },
+    ]
+    parsed = list(csv.DictReader(history_csv(rows).splitlines()))
+    assert list(parsed[0]) == ["epoch", "train_loss", "train_loss_seg", "lr", "images_per_s", "val_miou"]
+    assert [r["val_miou"] for r in parsed] == ["", "0.5"]
