@@ -168,13 +168,18 @@ def overlay_sheet(rows: list, label_set: str) -> bytes:
     return encode_png(np.concatenate([header, sheet], axis=0))
 
 
-def run(params: Params, args: argparse.Namespace) -> int:
+def evaluate_model(params: Params, model_file: Path, *, project_root: Path) -> dict[str, Any]:
+    """Score a model file on prepare.main's val split and, when prepared, on prepare.cross's val split
+    (coarse groups, as `metrics["cross"]`). Writes nothing: `run` and `spd ablation` share it.
+
+    Returns evaluate_split's dict (metrics incl. per_class_iou, confusion_sample, overlay_rows) plus
+    `label_set`, the val split's label set.
+    """
     from pipeline import runtime
     from spd.data.packed import PackedSplit
     from spd.predict import Predictor
 
-    root = runtime.project_root(args.params)
-    model_file = Path(runtime.resolve_path(root, args.model_file or params.train.model_out))
+    root = project_root
     if not model_file.is_file():
         raise SpdError(f"{model_file}: model file not found; run `spd train` first")
     cfg = params.evaluate
@@ -190,8 +195,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
     result = evaluate_split(predictor, val, cfg.batch_size, cfg.overlays)
     metrics = result["metrics"]
-    per_class = metrics.pop("per_class_iou")
-    metrics["flip_tta"] = cfg.flip_tta
     cross = params.prepare.cross
     if cross is not None:
         cross_val = Path(runtime.resolve_path(root, cross.out)) / "val"
@@ -199,9 +202,23 @@ def run(params: Params, args: argparse.Namespace) -> int:
             metrics["cross"] = evaluate_cross(predictor, PackedSplit(cross_val), cfg.batch_size)
         else:
             print(f"note: prepare.cross is set but {cross_val} is not prepared; no cross-dataset score")
+    result["label_set"] = val.label_set
+    return result
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    from pipeline import runtime
+
+    root = runtime.project_root(args.params)
+    model_file = Path(runtime.resolve_path(root, args.model_file or params.train.model_out))
+    cfg = params.evaluate
+    result = evaluate_model(params, model_file, project_root=root)
+    metrics = result["metrics"]
+    per_class = metrics.pop("per_class_iou")
+    metrics["flip_tta"] = cfg.flip_tta
 
     out = Path(runtime.resolve_path(root, cfg.out_dir))
-    classes = LABEL_SETS[val.label_set]
+    classes = LABEL_SETS[result["label_set"]]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "iou"])
@@ -212,7 +229,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     w.writerow(["actual", "predicted"])
     w.writerows((classes[a], classes[p]) for a, p in result["confusion_sample"].tolist())
     atomic_write_text(out / "confusion.csv", buf.getvalue())
-    atomic_write_bytes(out / "overlays.png", overlay_sheet(result["overlay_rows"], val.label_set))
+    atomic_write_bytes(out / "overlays.png", overlay_sheet(result["overlay_rows"], result["label_set"]))
     atomic_write_json(out / "metrics.json", _clean(metrics))
 
     line = f"val mIoU {metrics['miou']:.4f}, pixel acc {metrics['pixel_acc']:.4f}"
