@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spd.data.letterbox import Letterbox, letterbox_image, letterbox_params
 from spd.data.targets import decode_heatmaps
 from spd.errors import SpdError
 from spd.labels import class_flip_map, densepose_flip_map, joint_flip_map
@@ -34,22 +34,10 @@ class Prediction:
     iuv: np.ndarray | None  # (H, W, 3) uint8 I, U*255, V*255; None without DensePose head
 
 
-def letterbox_transform(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
-    """(scale, pad_x, pad_y, new_w, new_h) fitting (height, width) into a size x size square."""
-    scale = size / max(height, width)
-    new_w = min(size, max(1, round(width * scale)))
-    new_h = min(size, max(1, round(height * scale)))
-    return scale, (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, int, int, int, int]]:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8 with zero padding, and its transform."""
-    h, w = image.shape[:2]
-    t = scale, px, py, nw, nh = letterbox_transform(h, w, size)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out = np.zeros((size, size, 3), np.uint8)
-    out[py : py + nh, px : px + nw] = cv2.resize(image, (nw, nh), interpolation=interp)
-    return out, t
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, packed exactly as `spd prepare` does."""
+    lb = letterbox_params(image.shape[0], image.shape[1], size)
+    return letterbox_image(image, size, lb), lb
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -165,14 +153,14 @@ class Predictor:
             preds.append(self._to_input(out, i, rgb.shape[0], rgb.shape[1], t))
         return preds
 
-    def _crop(self, maps: torch.Tensor, t: tuple) -> torch.Tensor:
+    def _crop(self, maps: torch.Tensor, t: Letterbox) -> torch.Tensor:
         """(C, h, w) head maps -> (C, new_h, new_w): upsample to S x S, cut the letterbox padding."""
         _, px, py, nw, nh = t
         size = self.image_size
         full = F.interpolate(maps[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         return full[:, py : py + nh, px : px + nw]
 
-    def _to_input(self, out: dict, i: int, height: int, width: int, t: tuple) -> Prediction:
+    def _to_input(self, out: dict, i: int, height: int, width: int, t: Letterbox) -> Prediction:
         H, W = height, width  # noqa: N806
         labels = np.empty((H, W), np.uint8)
         for r0, band in _upsample_rows(self._crop(out["seg"][i], t), H, W):

@@ -60,7 +60,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = HEAD_STRIDE) -> torch.
     Arg-max with the usual quarter-pixel shift towards the higher neighbour.
     """
     B, J, h, w = heatmaps.shape
-    hm = heatmaps.float()
+    hm = heatmaps.float().contiguous()
     score, idx = hm.view(B, J, -1).max(dim=-1)
     iy, ix = (idx // w), (idx % w)
     flat = hm.view(B * J, h, w)
