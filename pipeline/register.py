@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_val_miou(path: Path) -> float:
+def read_metrics(path: Path) -> tuple[float, dict[str, float]]:
+    """(val mIoU, every numeric metric to log) from `spd evaluate`'s metrics.json."""
     try:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
@@ -55,7 +56,32 @@ def read_val_miou(path: Path) -> float:
     miou = metrics.get("miou") if isinstance(metrics, dict) else None
     if not isinstance(miou, (int, float)) or isinstance(miou, bool):
         raise SpdError(f"{path}: expected a number under key 'miou', got {miou!r}")
-    return float(miou)
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    flat[f"eval_{key}_{sub}"] = float(v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"eval_{key}"] = float(value)
+    return float(miou), flat
+
+
+def training_run_id(client: Any, report: Path) -> str | None:
+    """The MLflow run that trained the model (train.report), if it is in this tracking store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = json.loads(report.read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return None  # trained against another store: register in a run of its own
+    return run_id
 
 
 def redact(uri: str) -> str:
@@ -150,17 +176,25 @@ def run(params: Params, args: argparse.Namespace) -> int:
     metrics_file = Path(runtime.resolve_path(root, args.metrics or f"{params.evaluate.out_dir}/metrics.json"))
     if not model_file.is_file():
         raise SpdError(f"{model_file}: model file not found; run `spd train` first")
-    miou = read_val_miou(metrics_file)
+    miou, eval_metrics = read_metrics(metrics_file)
     name = params.register.model_name
 
     uri = runtime.tracking_uri(params.mlflow, root)
     runtime.check_tracking_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment_id = runtime.get_or_create_experiment(client, params.mlflow.experiment, uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="register") as run:
-        mlflow.log_metric(MIOU_TAG, miou)
-        mlflow.log_params({"register.model_name": name, "register.max_pixels": params.register.max_pixels})
+    # Log into the training run when it is in this store: the version then links to its params,
+    # curves and data hash. Otherwise a run of its own in the configured experiment.
+    train_run = training_run_id(client, Path(runtime.resolve_path(root, params.train.report)))
+    if train_run:
+        active = mlflow.start_run(run_id=train_run)
+    else:
+        experiment_id = runtime.get_or_create_experiment(client, params.mlflow.experiment, uri)
+        active = mlflow.start_run(experiment_id=experiment_id, run_name="register")
+    with active as run:
+        mlflow.log_metrics(eval_metrics)
+        # Tags, not params: the training run already holds params, and those cannot change.
+        mlflow.set_tags({"registered_model": name, "serving.max_pixels": str(params.register.max_pixels)})
         info = serving.log_pyfunc(model_file, params.register.max_pixels, params.evaluate.flip_tta, name)
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, MIOU_TAG, repr(miou))

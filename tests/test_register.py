@@ -110,3 +110,47 @@ def test_two_registers_at_once_leave_the_better_model_champion(
         assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
     assert better["decision"] == "champion"
     assert not client.search_registered_models(f"name = '{name}.register-lock'")
+
+
+@pytest.mark.slow
+def test_training_then_register_over_http_yields_a_champion_linked_to_its_training_run(
+    mlflow_server: str, ray_local: str, prepared_tiny: Path, project_root: Path, tmp_path: Path
+) -> None:
+    """`spd train`, `spd evaluate`, `spd register` as a user runs them, tracked by a real server."""
+    import mlflow
+    import numpy as np
+
+    shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")
+    name = "spd-e2e-test"
+    overrides = [
+        f"prepare.main.out={prepared_tiny}", "prepare.image_size=64", "prepare.cross=null",
+        "model.head_channels=16", "train.epochs=1", "train.batch_size=8", "train.num_workers=1",
+        "train.cpus_per_worker=1", f"train.storage_path={tmp_path / 'ray_results'}",
+        "mlflow.experiment=spd-e2e", f"register.model_name={name}", "evaluate.overlays=2",
+    ]  # fmt: skip
+    sets = [a for o in overrides for a in ("--set", o)]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "RAY_ADDRESS": ray_local,
+        "OMP_NUM_THREADS": "2",
+    }
+    for stage in ("train", "evaluate", "register"):
+        cmd = [sys.executable, "-m", "pipeline.cli", stage, "--params", str(tmp_path / "params.yaml"), *sets]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"spd {stage}:\n{proc.stderr[-4000:]}"
+
+    train_report = json.loads((tmp_path / "reports" / "train.json").read_text())
+    registry = json.loads((tmp_path / "reports" / "registry.json").read_text())
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert registry["decision"] == "champion" and registry["val_miou"] == metrics["miou"]
+    assert registry["run_id"] == train_report["mlflow_run_id"]
+
+    client = mlflow.MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.run_id == train_report["mlflow_run_id"]
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["eval_miou"] == pytest.approx(metrics["miou"])
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.predict(np.zeros((50, 40, 3), np.uint8)).shape == (50, 40)
