@@ -242,7 +242,7 @@ def _skeleton(rng: np.random.Generator, style: _Style) -> dict[str, np.ndarray]:
         d2 = body @ [s * math.sin(math.radians(a2)), math.cos(math.radians(a2))]
         j[f"{side}_elbow"] = j[f"{side}_shoulder"] + 0.17 * d1
         j[f"{side}_wrist"] = j[f"{side}_elbow"] + 0.15 * d2
-        j[f"{side}_hand"] = j[f"{side}_wrist"] + 0.05 * d2
+        j[f"{side}_hand"] = j[f"{side}_wrist"] + 0.06 * d2
         l1 = rng.uniform(-8, 35)
         l2 = l1 + rng.choice([-1, 1]) * rng.uniform(0, 50)
         e1 = body @ [s * math.sin(math.radians(l1)), math.cos(math.radians(l1))]
@@ -263,7 +263,7 @@ def _place(
 ) -> tuple[dict[str, np.ndarray], float]:
     """Person-height units -> image pixels: mirror for a back view, scale, rotate, translate."""
     crop = rng.uniform() < 0.2
-    height = h * (rng.uniform(1.1, 1.6) if crop else rng.uniform(0.7, 0.95))
+    height = h * (rng.uniform(1.1, 1.6) if crop else rng.uniform(0.75, 1.0))
     turn = _rot(rng.normal(0, 10) if rng.uniform() < 0.9 else rng.uniform(-60, 60))
     mirror = np.array([1.0 if facing_front else -1.0, 1.0])
     pts = {k: turn @ (v * mirror) * height for k, v in j.items()}
@@ -279,8 +279,8 @@ def _place(
 def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool, style: _Style) -> None:
     rng = cv.rng
     build = rng.uniform(0.85, 1.2)
-    r_ua, r_la, r_hand = 0.036 * hp * build, 0.03 * hp * build, 0.028 * hp * build
-    r_ul, r_ll, r_foot = 0.052 * hp * build, 0.04 * hp * build, 0.03 * hp
+    r_ua, r_la, r_hand = 0.04 * hp * build, 0.034 * hp * build, 0.034 * hp * build
+    r_ul, r_ll, r_foot = 0.056 * hp * build, 0.045 * hp * build, 0.034 * hp
     skin = _skin(rng)
     view = 0 if front else 1
 
@@ -315,11 +315,11 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
         pant_len = 1.0
     top_colour, top_look = _cloth(rng, style), _look(rng)
     shoes = rng.uniform() < 0.9
-    socks = shoes and rng.uniform() < 0.35
-    gloves = rng.uniform() < 0.12
-    scarf = rng.uniform() < 0.18
-    hat = rng.uniform() < 0.25
-    sunglasses = front and rng.uniform() < 0.25
+    socks = shoes and rng.uniform() < 0.45
+    gloves = rng.uniform() < 0.25
+    scarf = rng.uniform() < 0.3
+    hat = rng.uniform() < 0.3
+    sunglasses = front and rng.uniform() < 0.4
     long_hair = rng.uniform() < 0.4
     hair_col = _hair(rng)
     belt = bottom is not None and rng.uniform() < style.p_belt
@@ -328,7 +328,7 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
     head_c, neck = j["head_c"], j["neck"]
     up = (j["head_top"] - neck) / max(np.linalg.norm(j["head_top"] - neck), 1e-6)
     head_angle = math.degrees(math.atan2(up[0], -up[1]))
-    head_ax = (0.062 * hp, 0.08 * hp)
+    head_ax = (0.072 * hp, 0.092 * hp)
 
     # --- long hair behind the body ------------------------------------------------------------
     if long_hair:
@@ -356,7 +356,7 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
         dp_limb(_DP_LOWER_LEG[side][view], knee, ankle, r_ll * (1.15 if trousers else 1))
         if socks:
             sr = region("socks", atr_leg, _cloth(rng, style))
-            _capsule(cv.region, knee + (ankle - knee) * 0.55, ankle, r_ll * 1.05, sr)
+            _capsule(cv.region, knee + (ankle - knee) * 0.4, ankle, r_ll * 1.08, sr)
         if bottom == "pants" or top == "jumpsuits":
             cls, atr_cls = ("pants", "pants") if top != "jumpsuits" else ("jumpsuits", "upper_clothes")
             col, look = (pants_col, pants_look) if top != "jumpsuits" else (top_colour, top_look)
@@ -467,9 +467,9 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
 
     if scarf:
         scr = region("scarf", "scarf", _cloth(rng, style), _look(rng))
-        _capsule(cv.region, rs * 0.35 + neck * 0.65, ls * 0.35 + neck * 0.65, 0.03 * hp, scr)
+        _capsule(cv.region, rs * 0.4 + neck * 0.6, ls * 0.4 + neck * 0.6, 0.04 * hp, scr)
         if rng.uniform() < 0.6:
-            _capsule(cv.region, neck, neck + down * 0.3 + (rs - ls) * 0.1, 0.022 * hp, scr)
+            _capsule(cv.region, neck, neck + down * 0.35 + (rs - ls) * 0.1, 0.03 * hp, scr)
 
     # --- head ---------------------------------------------------------------------------------
     hair = region("hair", "hair", hair_col, (5, 15.0))
@@ -485,9 +485,9 @@ def _render_person(cv: _Canvas, j: dict[str, np.ndarray], hp: float, front: bool
             side_v = np.array([up[1], -up[0]])
             _capsule(
                 cv.region,
-                eye - side_v * head_ax[0] * 0.55,
-                eye + side_v * head_ax[0] * 0.55,
-                0.14 * head_ax[1],
+                eye - side_v * head_ax[0] * 0.6,
+                eye + side_v * head_ax[0] * 0.6,
+                0.2 * head_ax[1],
                 gl,
             )
     else:
