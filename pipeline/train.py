@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime
-from spd.config import Params, flatten, params_from_dict, params_to_dict
+from spd.config import Params, apply_tuning_results, flatten, params_from_dict, params_to_dict
 from spd.errors import SpdError
 
 # Per-epoch metrics reported to Ray (and Tune), logged to MLflow and written to the history CSV.
@@ -235,6 +235,7 @@ def run_training(
     from spd.model import build_model, save_model_file
 
     root = Path(project_root).resolve()
+    params = apply_tuning_results(params, root)  # loss.from_tuning: λ (and lr) found by `spd tune`
     t = params.train
     data_dir = _check_prepared(root, params)
     fingerprint = run_fingerprint(params, data_dir)
