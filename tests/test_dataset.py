@@ -104,3 +104,13 @@ def test_cross_dataset_items_carry_no_pose_or_uv(prepared_cross_tiny: Path) -> N
     item = SPDDataset(PackedSplit(prepared_cross_tiny / "val"))[0]
     assert not item["has_pose"] and not item["has_iuv"] and not item["uv_valid"]
     assert (item["dp_index"] == IGNORE).all() and (item["keypoints"][:, 2] == 0).all()
+
+
+def test_a_pickled_split_is_remapped_not_copied(prepared_tiny: Path) -> None:
+    import pickle
+
+    split = PackedSplit(prepared_tiny / "train")
+    blob = pickle.dumps(SPDDataset(split, AugmentConfig()))
+    assert len(blob) < 10_000  # the path travels, not the arrays
+    again = pickle.loads(blob)
+    assert len(again) == len(split) and np.array_equal(again.split.images[3], split.images[3])

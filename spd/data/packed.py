@@ -96,6 +96,14 @@ class PackedSplit:
     def __len__(self) -> int:
         return len(self.manifest["ids"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies its data: send the path and re-map in the receiving process
+        # (DataLoader workers under spawn, Ray workers).
+        return {"dir": str(self.dir)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["dir"])
+
     @property
     def ids(self) -> list[str]:
         return self.manifest["ids"]
