@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train", type=int, help="with --out, lip layout: train images (default synth.train)"
     )
     parser.add_argument("--val", type=int, help="with --out, lip layout: val images (default synth.val)")
-    parser.add_argument("--count", type=int, help="with --out: total images (atr) / train images (lip)")
+    parser.add_argument(
+        "--count", type=int, help="with --out: total images (atr); lip: train images, val = count // 5"
+    )
     parser.add_argument("--image-size", type=int, help="longest image side (default synth.image_size)")
 
 
@@ -29,7 +31,11 @@ def _write(out: str, progress_desc: str, **kwargs: object) -> dict[str, int]:
 
     from spd.data.synth import write_dataset
 
-    total = kwargs.get("count") or (kwargs["train"] + kwargs["val"])  # type: ignore[operator]
+    count = kwargs.get("count")
+    if count is None:
+        total = kwargs["train"] + kwargs["val"]  # type: ignore[operator]
+    else:  # lip layout: count train images and a fifth of that for val
+        total = count if kwargs["layout"] == "atr" else count + max(count // 5, 1)  # type: ignore[operator]
     t0 = time.perf_counter()
     with tqdm(total=total, desc=progress_desc, unit="img", leave=False) as bar:
         counts = write_dataset(out, progress=lambda n: bar.update(1), **kwargs)  # type: ignore[arg-type]
@@ -61,9 +67,27 @@ def run(params: Params, args: argparse.Namespace) -> int:
             image_size=size,
         )
         return 0
-    _write(cfg.out, "synth lip", seed=cfg.seed, layout="lip", domain="base", train=cfg.train, val=cfg.val,
-           count=None, image_size=size)  # fmt: skip
+    _write(
+        cfg.out,
+        "synth lip",
+        seed=cfg.seed,
+        layout="lip",
+        domain="base",
+        train=cfg.train,
+        val=cfg.val,
+        count=None,
+        image_size=size,
+    )
     if cfg.cross.enabled:
-        _write(cfg.cross.out, "synth atr/shifted", seed=cfg.cross.seed, layout="atr", domain="shifted",
-               train=cfg.cross.count, val=0, count=cfg.cross.count, image_size=size)  # fmt: skip
+        _write(
+            cfg.cross.out,
+            "synth atr/shifted",
+            seed=cfg.cross.seed,
+            layout="atr",
+            domain="shifted",
+            train=cfg.cross.count,
+            val=0,
+            count=cfg.cross.count,
+            image_size=size,
+        )
     return 0
