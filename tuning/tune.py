@@ -1,0 +1,255 @@
+"""`spd tune`: Ray Tune search of the loss weights λp, λd (relative to λs), optionally the lr.
+
+Each trial is a small driver that launches a TorchTrainer (`pipeline.train.build_trainer`), so a
+trial can itself train on several workers or GPUs; its per-epoch reports reach Tune through
+`TuneReportCallback`. Optuna's TPE proposes λ, ASHA stops trials whose val mIoU falls behind, and
+one MLflow parent run holds one nested run per trial, all written from this process. Re-running
+with the same `tune.name` continues an interrupted search. Outputs (atomic): `best_params.yaml`
+(read by the train stage when `loss.from_tuning` is true), `trials.csv` and `lambda_miou.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline import runtime
+from spd.config import ConfigError, Params, params_from_dict, params_to_dict
+from spd.errors import SpdError
+
+SEARCH_STATE = "spd_search.json"  # beside Tune's state: what the search was started with
+WORKER_START_TIMEOUT_S = 600
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard an earlier search of the same tune.name instead of continuing it",
+    )
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    check_searchable(params)  # before Ray starts
+    root = runtime.project_root(getattr(args, "params", None))
+    outcome = run_search(params, project_root=root, fresh=bool(getattr(args, "fresh", False)))
+    if outcome.interrupted:
+        print(
+            f"spd tune: search {params.tune.name} interrupted; run the same command again to continue it",
+        )
+        return 130
+    best = outcome.best
+    print(
+        f"spd tune: {len(outcome.trials)} trials; best {best.trial_id}: λp/λs {best.lambda_pose:.4g}, "
+        f"λd/λs {best.lambda_densepose:.4g}"
+        + (f", lr {best.lr:.3g}" if best.lr is not None else "")
+        + f", val mIoU {best.best_val_miou:.4f} -> {outcome.best_params_path}"
+    )
+    return 0
+
+
+def check_searchable(params: Params) -> None:
+    """What the params validation cannot know on its own: a search needs λs > 0 (λ are relative)."""
+    if params.loss.lambda_seg <= 0:
+        raise ConfigError("loss.lambda_seg: must be > 0 for a search (λp, λd are sampled relative to it)")
+
+
+def search_fingerprint(params: Params, data_dir: Path) -> str:
+    """What makes two searches comparable: the search space and budget, model, loss, data."""
+    from pipeline.train import OPERATIONAL_TRAIN_KEYS, run_fingerprint
+
+    tune = {
+        k: v
+        for k, v in params_to_dict(params.tune).items()
+        if k not in ("max_concurrent", "max_failures", "out_dir", "storage_path", "name")
+    }
+    train = {k: v for k, v in params_to_dict(params.train).items() if k not in OPERATIONAL_TRAIN_KEYS}
+    h = hashlib.sha256(json.dumps([tune, train], sort_keys=True).encode())
+    h.update(run_fingerprint(params, data_dir).encode())
+    return h.hexdigest()[:12]
+
+
+class SearchOutcome:
+    def __init__(self, trials: list, best: Any, interrupted: bool, best_params_path: Path | None):
+        self.trials = trials
+        self.best = best
+        self.interrupted = interrupted
+        self.best_params_path = best_params_path
+
+
+def run_trial(
+    config: dict[str, Any], base_params: dict, project_root: str, train_storage: str, search_name: str
+) -> None:
+    """One Tune trial: a TorchTrainer with this trial's λ; its epochs report to Tune (not MLflow)."""
+    import os
+
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.train import build_trainer
+    from tuning.search import placement_group_recorder, trial_params
+
+    # Trials start while others train: give worker start-up more than Ray's 60 s on a busy machine
+    # (propagated to the controller and workers; a user's own setting wins).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_TIMEOUT_S))
+    params = trial_params(params_from_dict(base_params, source="tune trial"), config)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        params,
+        f"trial-{trial_id}",  # a retried or resumed trial continues from its own latest checkpoint
+        train_storage,
+        project_root=Path(project_root),
+        mlflow_run_id=None,  # the Tune driver logs each trial to MLflow, once
+        callbacks=[TuneReportCallback(), placement_group_recorder(search_name, trial_id)],
+        verbose=False,
+    )
+    trainer.fit()
+
+
+def run_search(
+    params: Params, *, project_root: Path, fresh: bool = False, early_stopping: bool = True
+) -> SearchOutcome:
+    """Run (or continue) the search named tune.name; write the outputs when every trial is done.
+
+    `early_stopping=False` runs every trial to tune.epochs (FIFO instead of ASHA): the baseline
+    bench/bench_asha.py compares against.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipeline.train import _check_prepared
+    from tuning import report, search
+
+    check_searchable(params)
+    root = Path(project_root).resolve()
+    tc = params.tune
+    data_dir = _check_prepared(root, params)
+    storage = runtime.resolve_path(root, tc.storage_path)
+    exp_dir = f"{storage}/{tc.name}"
+    fingerprint = search_fingerprint(params, data_dir)
+    local = "://" not in storage
+    if local and fresh and Path(exp_dir).exists():
+        shutil.rmtree(exp_dir)
+        shutil.rmtree(f"{storage}/{tc.name}-trials", ignore_errors=True)
+
+    uri = runtime.tracking_uri(params.mlflow, root)
+    runtime.check_tracking_reachable(uri)
+    runtime.init_ray(params.ray)
+
+    resuming = tune.Tuner.can_restore(exp_dir)
+    if resuming and local:
+        _check_same_search(Path(exp_dir), fingerprint, tc.name)
+    experiment_id, parent_run_id = search.open_parent_run(
+        uri, params.mlflow.experiment, tc.name, exp_dir, params, fresh=not resuming
+    )
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base_params=params_to_dict(params),
+            project_root=str(root),
+            train_storage=f"{storage}/{tc.name}-trials",
+            search_name=tc.name,
+        ),
+        search.driver_resources(),
+    )
+    if resuming:
+        print(f"spd tune: continuing search {tc.name} from {exp_dir}")
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True)
+    else:
+        concurrency = search.max_concurrent_trials(tc, ray.cluster_resources(), params.train.use_gpu)
+        print(f"spd tune: search {tc.name}: {tc.num_trials} trials, up to {concurrency} at a time")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search.search_space(tc, params.model.tasks),
+            tune_config=tune.TuneConfig(
+                num_samples=tc.num_trials,
+                search_alg=ConcurrencyLimiter(
+                    OptunaSearch(
+                        metric=search.METRIC,
+                        mode=search.MODE,
+                        sampler=search.tpe_sampler(tc),
+                    ),
+                    max_concurrent=concurrency,
+                ),
+                scheduler=ASHAScheduler(
+                    time_attr="epoch",
+                    metric=search.METRIC,
+                    mode=search.MODE,
+                    max_t=tc.epochs,
+                    grace_period=tc.grace_period,
+                    reduction_factor=tc.reduction_factor,
+                )
+                if early_stopping
+                else FIFOScheduler(),
+            ),
+            run_config=tune.RunConfig(
+                name=tc.name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=tc.max_failures),
+                callbacks=[
+                    search.PlacementGroupReleaser(tc.name),
+                    search.MlflowTrialCallback(
+                        uri, experiment_id, parent_run_id, tc.name, params.loss.lambda_seg, tc.epochs
+                    ),
+                ],
+                verbose=1,
+            ),
+        )
+        if local:
+            _write_search_state(Path(exp_dir), fingerprint, tc.name)
+
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        search.end_parent_run(uri, parent_run_id, "KILLED")
+        raise
+    trials = grid._experiment_analysis.trials  # statuses, errors and every reported result
+    outcomes = [report.outcome_of(t, tc.epochs) for t in trials]
+    if any(o.status == search.STATUS_UNFINISHED for o in outcomes):
+        search.end_parent_run(uri, parent_run_id, "KILLED")
+        return SearchOutcome(outcomes, None, True, None)
+
+    out_dir = Path(runtime.resolve_path(root, tc.out_dir))
+    report.write_trials_csv(out_dir / "trials.csv", outcomes)
+    best = search.best_outcome(outcomes)
+    if best is None:
+        search.end_parent_run(uri, parent_run_id, "FAILED")
+        raise SpdError(
+            f"search {tc.name}: no trial reported {search.METRIC} (all {len(outcomes)} failed; "
+            f"see {out_dir / 'trials.csv'} and the error files under {exp_dir})"
+        )
+    best_path = out_dir / "best_params.yaml"
+    report.write_best_params(best_path, best, params, search.METRIC)
+    report.plot_lambda_miou(out_dir / "lambda_miou.png", outcomes, best)
+    search.finish_parent_run(
+        uri, parent_run_id, best, outcomes, [best_path, out_dir / "trials.csv", out_dir / "lambda_miou.png"]
+    )
+    return SearchOutcome(outcomes, best, False, best_path)
+
+
+def _write_search_state(exp_dir: Path, fingerprint: str, name: str) -> None:
+    from spd.io import atomic_write_json
+
+    atomic_write_json(exp_dir / SEARCH_STATE, {"name": name, "fingerprint": fingerprint})
+
+
+def _check_same_search(exp_dir: Path, fingerprint: str, name: str) -> None:
+    """Continuing is only right for the same search; other params would mix incomparable trials."""
+    state = exp_dir / SEARCH_STATE
+    try:
+        recorded = json.loads(state.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != fingerprint:
+        raise SpdError(
+            f"{exp_dir} holds a search named {name!r} started with other params or data; "
+            "set a new tune.name, or run `spd tune --fresh` to discard it"
+        )
