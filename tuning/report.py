@@ -111,8 +111,14 @@ def write_best_params(path: Path, best: TrialOutcome, params: Params, metric: st
     atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
 
 
-def plot_lambda_miou(path: Path, outcomes: list[TrialOutcome], best: TrialOutcome | None) -> None:
-    """Best val mIoU of every trial over (λp/λs, λd/λs), log axes; failed trials as crosses."""
+def plot_lambda_miou(
+    path: Path,
+    outcomes: list[TrialOutcome],
+    best: TrialOutcome | None,
+    bounds: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> None:
+    """Best val mIoU of every trial over (λp/λs, λd/λs), log axes spanning the search space
+    (`bounds`: the λp and λd intervals); failed trials as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +155,10 @@ def plot_lambda_miou(path: Path, outcomes: list[TrialOutcome], best: TrialOutcom
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if bounds is not None:
+        for (low, high), set_lim in zip(bounds, (ax.set_xlim, ax.set_ylim)):
+            if low < high:
+                set_lim(low / 1.2, high * 1.2)
     ax.set_xlabel("λp / λs")
     ax.set_ylabel("λd / λs")
     ax.set_title("val mIoU over λp × λd (small: stopped early)")

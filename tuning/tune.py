@@ -228,7 +228,9 @@ def run_search(
         )
     best_path = out_dir / "best_params.yaml"
     report.write_best_params(best_path, best, params, search.METRIC)
-    report.plot_lambda_miou(out_dir / "lambda_miou.png", outcomes, best)
+    report.plot_lambda_miou(
+        out_dir / "lambda_miou.png", outcomes, best, (tc.lambda_pose, tc.lambda_densepose)
+    )
     search.finish_parent_run(
         uri, parent_run_id, best, outcomes, [best_path, out_dir / "trials.csv", out_dir / "lambda_miou.png"]
     )

@@ -1,0 +1,241 @@
+"""`spd tune`: the λ search (Ray Tune + ASHA + Optuna, one TorchTrainer per trial, MLflow nested runs).
+
+The end-to-end test runs the real CLI against the session's local Ray on tiny synthetic data; the
+others check what a user relies on without a search: bad search spaces are refused before Ray
+starts, and the train stage takes its λ from best_params.yaml only when asked to.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spd.config import (
+    ConfigError,
+    apply_overrides,
+    apply_tuning_results,
+    params_from_dict,
+    read_params_file,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _project(tmp_path: Path, prepared: Path | None, *overrides: str) -> Path:
+    """A tmp project: the repo's params.yaml shrunk to a tiny search; returns its params file."""
+    base = [
+        "prepare.image_size=64",
+        "prepare.cross=null",
+        "model.backbone=resnet18",
+        "model.head_channels=16",
+        "train.batch_size=8",
+        "train.max_failures=0",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "mlflow.experiment=spd-tune-test",
+    ]
+    if prepared is not None:
+        base.append(f"prepare.main.out={prepared}")
+    raw = apply_overrides(read_params_file(ROOT / "params.yaml"), base + list(overrides))
+    params_from_dict(raw)  # the tmp project starts valid
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _spd_tune(params_file: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "tune", "--params", str(params_file), *args],
+        cwd=params_file.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _spd_tune_background(params_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "tune", "--params", str(params_file)],
+        cwd=params_file.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_a_finished_trial(tmp_path: Path, proc: subprocess.Popen, timeout_s: float = 900) -> str:
+    """The trial id of the first nested MLflow run that has a final status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        # The search state is written after the driver has set up MLflow: only then read the db.
+        if (tmp_path / "tuning" / "ray_results" / "tiny-search" / "spd_search.json").exists():
+            runs, _ = _mlflow_runs(tmp_path)
+            for run in runs:
+                if "spd.tune.status" in run.data.tags:
+                    return run.data.tags["spd.tune.trial_id"]
+        time.sleep(3)
+    proc.kill()
+    raise AssertionError("no trial finished in time")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("tune.lambda_pose=[-0.5, 2.0]", "tune.lambda_pose"),
+        ("tune.lambda_densepose=[5.0, 0.5]", "tune.lambda_densepose"),
+        ("tune.lr=[0.01, 0.001]", "tune.lr"),
+        ("tune.num_trials=0", "tune.num_trials"),
+        ("tune.grace_period=9", "tune.grace_period"),
+    ],
+)
+def test_invalid_search_space_fails_before_ray_naming_the_key(tmp_path: Path, override: str, key: str):
+    params_file = _project(tmp_path, None)
+    # An address nothing listens on: had `spd tune` got as far as Ray, it would fail differently (1).
+    res = _spd_tune(params_file, "--set", override, env={"RAY_ADDRESS": "127.0.0.1:9"}, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert key in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "tuning").exists()
+
+
+def test_train_takes_lambda_from_tuning_file_only_when_switched_on(tmp_path: Path):
+    raw = read_params_file(ROOT / "params.yaml")
+    best = tmp_path / "best.yaml"
+    best.write_text("lambda_pose: 0.25\nlambda_densepose: 4.0\nlr: 0.0005\nmetric: val_miou\nvalue: 0.5\n")
+    overrides = ["loss.lambda_seg=2.0", f"loss.tuning_file={best}"]
+
+    off = params_from_dict(apply_overrides(raw, overrides))
+    assert apply_tuning_results(off, tmp_path) == off
+
+    on = apply_tuning_results(
+        params_from_dict(apply_overrides(raw, [*overrides, "loss.from_tuning=true"])), tmp_path
+    )
+    assert on.loss.lambda_pose == pytest.approx(0.5)  # relative to λs = 2
+    assert on.loss.lambda_densepose == pytest.approx(8.0)
+    assert on.train.lr == pytest.approx(0.0005)
+
+    best.write_text("lambda_pose: -1\nlambda_densepose: 4.0\n")
+    with pytest.raises(ConfigError, match="lambda_pose"):
+        apply_tuning_results(
+            params_from_dict(apply_overrides(raw, [*overrides, "loss.from_tuning=true"])), tmp_path
+        )
+    missing = [f"loss.tuning_file={tmp_path / 'nope.yaml'}", "loss.from_tuning=true"]
+    with pytest.raises(ConfigError, match="loss.tuning_file"):
+        apply_tuning_results(params_from_dict(apply_overrides(raw, missing)), tmp_path)
+
+
+def _mlflow_runs(tmp_path: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000), client
+
+
+@pytest.mark.slow
+def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
+    ray_local: str, prepared_tiny: Path, tmp_path: Path
+):
+    # 4 trials, 2 at a time (2 CPUs / 1 worker x 1 CPU each). ASHA (grace 1, reduction factor 2,
+    # 3 epochs) checks every trial at epochs 1 and 2 against the median of those that got there
+    # before it; the first to reach a rung always goes on, so at least one trial completes. With lr
+    # sampled over four decades (1e-6 learns nothing in an epoch, 0.03 overshoots) and 12 steps an
+    # epoch, the val mIoU of the 4 trials differ widely, and a trial below the median stops early.
+    params_file = _project(
+        tmp_path,
+        prepared_tiny,
+        "train.batch_size=2",
+        "tune.name=tiny-search",
+        "tune.num_trials=4",
+        "tune.epochs=3",
+        "tune.grace_period=1",
+        "tune.reduction_factor=2",
+        "tune.workers_per_trial=1",
+        "tune.cpus_per_worker=1",
+        "tune.lr=[0.000001, 0.03]",
+        "tune.seed=0",
+        "tune.max_failures=1",
+    )
+    # Interrupt the search (Ctrl-C) once its first trial has ended, then run it again: it continues.
+    proc = _spd_tune_background(params_file)
+    first = _wait_for_a_finished_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-3000:] + stderr[-5000:]
+    assert not (tmp_path / "tuning" / "best_params.yaml").exists()  # no outputs from half a search
+
+    res = _spd_tune(params_file)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert "continuing search tiny-search" in res.stdout
+    out = tmp_path / "tuning"
+
+    with open(out / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    statuses = [r["status"] for r in rows]
+    assert set(statuses) <= {"completed", "stopped_early"}, rows
+    assert "stopped_early" in statuses and "completed" in statuses, [
+        (r["status"], r["lr"], r["best_val_miou"]) for r in rows
+    ]
+    for r in rows:
+        epochs = int(r["epochs"])
+        assert (epochs == 3) == (r["status"] == "completed")
+        assert 1 <= epochs <= 3
+
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    best_row = max(rows, key=lambda r: float(r["best_val_miou"]))
+    assert best["trial_id"] == best_row["trial_id"]
+    assert best["value"] == pytest.approx(float(best_row["best_val_miou"]), abs=1e-6)
+    assert best["lambda_pose"] == pytest.approx(float(best_row["lambda_pose"]), rel=1e-5)
+    assert (out / "lambda_miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # best_params.yaml loads into the train config through the loss.from_tuning switch.
+    raw = read_params_file(params_file)
+    train_params = apply_tuning_results(
+        params_from_dict(apply_overrides(raw, ["loss.from_tuning=true", "loss.lambda_seg=1.0"])), tmp_path
+    )
+    assert train_params.loss.lambda_pose == pytest.approx(best["lambda_pose"])
+    assert train_params.loss.lambda_densepose == pytest.approx(best["lambda_densepose"])
+    assert train_params.train.lr == pytest.approx(best["lr"])
+
+    # MLflow: exactly one parent run and one nested run per trial, nothing else.
+    runs, client = _mlflow_runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(nested) == 4 and len(runs) == 5
+    by_trial = {r.data.tags["spd.tune.trial_id"]: r for r in nested}
+    assert set(by_trial) == {r["trial_id"] for r in rows}
+    assert first in by_trial  # the trial that ended before the interruption was kept, not re-run
+    for row in rows:
+        run = by_trial[row["trial_id"]]
+        assert float(run.data.params["lambda_pose_rel"]) == pytest.approx(float(row["lambda_pose"]), rel=1e-5)
+        assert float(run.data.params["lambda_densepose_rel"]) == pytest.approx(
+            float(row["lambda_densepose"]), rel=1e-5
+        )
+        assert run.data.tags["spd.tune.status"] == row["status"]
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert {m.step for m in history} == set(range(1, int(row["epochs"]) + 1))
+    assert parents[0].info.status == "FINISHED"
+
+    # Re-running the same search continues it: nothing is trained again, nothing logged twice.
+    before = (out / "best_params.yaml").read_text()
+    res = _spd_tune(params_file)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert "continuing search tiny-search" in res.stdout
+    assert (out / "best_params.yaml").read_text() == before
+    runs, _ = _mlflow_runs(tmp_path)
+    assert len(runs) == 5
