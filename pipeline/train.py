@@ -7,7 +7,7 @@ on GPU), a distributed sampler for training, a duplicate-free validation shard p
 confusion matrix is summed across workers, a checkpoint every epoch, and MLflow logging from rank 0.
 
 The Ray run is named `<train.run_name>-<fingerprint>`: the fingerprint covers everything that changes
-the trained weights (model, loss, training knobs, the prepared data), so re-running the same
+the trained weights (model, loss, training knobs, the prepared data, the code), so re-running the same
 configuration resumes its latest checkpoint (or, when it already finished, only rewrites the
 outputs), while changed params or data start a fresh run instead of resuming a stale one.
 """
@@ -102,22 +102,25 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
 
 def run_fingerprint(params: Params, data_dir: Path) -> str:
-    """Hash of what determines the trained weights: model, loss, training knobs, prepared data."""
+    """Hash of what determines the trained weights: model, loss, training knobs, data, code."""
     train = {k: v for k, v in params_to_dict(params.train).items() if k not in OPERATIONAL_TRAIN_KEYS}
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [params_to_dict(params.model), params_to_dict(params.loss), train], sort_keys=True
-        ).encode()
-    )
+    weights_config = [params_to_dict(params.model), params_to_dict(params.loss), train]
+    h = hashlib.sha256(json.dumps(weights_config, sort_keys=True).encode())
     for split in ("train", "val"):
-        d = data_dir / split
-        for f in sorted(d.glob("*")):
+        for f in sorted((data_dir / split).glob("*")):
             if f.name == "manifest.json":  # ids, sizes, histograms: changes with the data
                 h.update(f.read_bytes())
             elif f.is_file():
                 h.update(f"{f.name}:{f.stat().st_size}".encode())
+    for src in _code_files():  # the library and this loop: changed code retrains, as DVC expects
+        h.update(src.read_bytes())
     return h.hexdigest()[:10]
+
+
+def _code_files() -> list[Path]:
+    import spd
+
+    return sorted(Path(spd.__file__).parent.rglob("*.py")) + [Path(__file__)]
 
 
 def _check_prepared(root: Path, params: Params) -> Path:
