@@ -1,0 +1,268 @@
+"""Cluster mode, for real on one machine: a two-node Ray cluster on loopback (scripts/cluster.sh), a
+real `mlflow server` and a local-directory DVC remote standing in for object storage.
+
+Every command these tests run is a line of the README section "Running on a cluster", run through
+bash exactly as written; the tests only supply the variables the README leaves to the user
+($SHARED, $DVC_REMOTE, $REPO_URL, RAY_ADDRESS, MLFLOW_TRACKING_URI) and a tiny params.yaml in the
+project directory. `pytest -k cluster` selects them all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spd.config import apply_overrides, read_params_file
+from tests.fixtures.cluster import ROOT, RayCluster, run_logged
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+# The README's commands, verbatim (test_cluster_readme_shows_the_commands_the_tests_run checks it).
+UP = "scripts/cluster.sh up"
+KILL_WORKER = "scripts/cluster.sh kill-worker"
+TRAIN = (
+    "spd train --set train.num_workers=2 --set train.cpus_per_worker=1 "
+    "--set train.placement_strategy=STRICT_SPREAD --set train.storage_path=$SHARED/ray_results"
+)
+EVALUATE = "spd evaluate"
+REGISTER = "spd register"
+LOAD_AND_PREDICT = (
+    "python -c 'import sys, mlflow, numpy as np; "
+    'model = mlflow.pyfunc.load_model(f"models:/{sys.argv[1]}@champion"); '
+    "print(model.predict(np.zeros((120, 90, 3), np.uint8)).shape)' spd-human-parsing"
+)
+DVC_REMOTE_ADD = "dvc remote add -d storage $DVC_REMOTE"
+DVC_COMMIT_CONFIG = 'git add .dvc/config && git commit -m "DVC remote"'
+DVC_REPRO = "dvc repro"
+DVC_COMMIT_RUN = 'git add dvc.lock reports && git commit -m "Pipeline run"'
+DVC_PUSH = "dvc push"
+DVC_CLONE_PULL = "git clone $REPO_URL spd-clone && cd spd-clone && dvc pull"
+DVC_STATUS = "dvc status"
+README_COMMANDS = [
+    UP,
+    KILL_WORKER,
+    TRAIN,
+    EVALUATE,
+    REGISTER,
+    LOAD_AND_PREDICT,
+    DVC_REMOTE_ADD,
+    DVC_COMMIT_CONFIG,
+    DVC_REPRO,
+    DVC_COMMIT_RUN,
+    DVC_PUSH,
+    DVC_CLONE_PULL,
+    DVC_STATUS,
+]
+
+# The tiny profile the commands run with (the project's params.yaml, shrunk): 64 px, 16-channel heads.
+TINY = [
+    "synth.train=16",
+    "synth.val=8",
+    "synth.image_size=64",
+    "synth.cross.count=8",
+    "prepare.image_size=64",
+    "model.head_channels=16",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.num_workers=1",
+    "train.cpus_per_worker=1",
+    "evaluate.overlays=2",
+]
+MODEL_NAME = "spd-human-parsing"  # params.yaml's register.model_name, as the README uses it
+
+
+def readme_cluster_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Running on a cluster\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert m, "README.md has no '## Running on a cluster' section"
+    return m.group(1)
+
+
+def write_params(project: Path, overrides: list[str]) -> None:
+    raw = apply_overrides(read_params_file(ROOT / "params.yaml"), TINY + overrides)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def make_project(tmp: Path, prepared: Path, overrides: list[str]) -> Path:
+    """A project directory holding only a tiny params.yaml that points at prepared data."""
+    project = tmp / "project"
+    project.mkdir()
+    write_params(project, [f"prepare.main.out={prepared}", "prepare.cross=null", *overrides])
+    return project
+
+
+def cluster_env(cluster: RayCluster, tracking_uri: str, shared: Path) -> dict[str, str]:
+    return {**cluster.env, "MLFLOW_TRACKING_URI": tracking_uri, "SHARED": str(shared)}
+
+
+def started_worker_pids(output: str) -> list[int]:
+    """Ray Train's own account of the worker group it started: '- (ip=..., pid=N) world_rank=R ...'."""
+    return [int(p) for p in re.findall(r"\(ip=[^,]+, pid=(\d+)\) world_rank=\d+", output)]
+
+
+def test_cluster_readme_shows_the_commands_the_tests_run() -> None:
+    section = readme_cluster_section()
+    missing = [c for c in README_COMMANDS if c not in section]
+    assert not missing, f"README 'Running on a cluster' lacks the tested commands: {missing}"
+
+
+def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow_server(
+    ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    project = make_project(tmp_path, prepared_tiny, ["mlflow.experiment=spd-cluster"])
+    shared = tmp_path / "shared"  # both nodes see it: the same machine's file system
+    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+    log = tmp_path / "commands.log"
+
+    train = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
+    out = train.stdout + train.stderr
+
+    # Placement, as Ray itself recorded it: each node's raylet started one of the two train workers.
+    pids = started_worker_pids(out)
+    assert len(pids) == 2, f"expected one worker group of 2 in the output:\n{out[-3000:]}"
+    on_head, on_worker = ray_cluster.train_worker_pids("head"), ray_cluster.train_worker_pids("worker")
+    assert len(set(pids) & on_head) == 1 and len(set(pids) & on_worker) == 1, (
+        f"workers {pids} not one per node (head node ran {on_head}, worker node ran {on_worker})"
+    )
+
+    # Checkpoints went to the shared storage path; metrics and params to the tracking server.
+    report = json.loads((project / "reports" / "train.json").read_text())
+    run_dir = shared / "ray_results" / report["run_name"]
+    assert (run_dir / "epoch_0002").is_dir(), sorted(p.name for p in run_dir.iterdir())
+    assert not (project / "mlflow.db").exists(), "the run logged to a local sqlite file, not the server"
+    client = MlflowClient(tracking_uri=cluster_mlflow_server)
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.placement_strategy"] == "STRICT_SPREAD"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
+
+    run_logged(EVALUATE, cwd=project, env=env, log=log, timeout=300)
+    run_logged(REGISTER, cwd=project, env=env, log=log, timeout=300)
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == str(registry["version"])
+
+    # A consumer in a fresh process, knowing only the server and the model's name.
+    consumer = run_logged(LOAD_AND_PREDICT, cwd=tmp_path, env=env, log=log, timeout=300)
+    assert consumer.stdout.strip().splitlines()[-1] == "(120, 90)", consumer.stdout
+
+
+def test_cluster_dvc_remote_restores_data_and_model_in_a_fresh_clone(
+    ray_cluster: RayCluster, cluster_mlflow_server: str, tmp_path: Path
+) -> None:
+    # A git repository holding the project as it is (tracked and new files), with the tiny profile.
+    repo = tmp_path / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)
+    write_params(repo, ["mlflow.experiment=spd-cluster-dvc", "register.model_name=spd-cluster-dvc"])
+    git_env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+    }
+    remote = tmp_path / "dvc-remote"  # a directory standing in for s3://bucket/prefix
+    env = {
+        **cluster_env(ray_cluster, cluster_mlflow_server, tmp_path / "shared"),
+        **git_env,
+        "DVC_REMOTE": str(remote),
+        "REPO_URL": str(repo),
+    }
+    log = tmp_path / "commands.log"
+    run_logged("git init -q && git add -A && git commit -qm project", cwd=repo, env=env, log=log, timeout=60)
+
+    run_logged(DVC_REMOTE_ADD, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_COMMIT_CONFIG, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_REPRO, cwd=repo, env=env, log=log, timeout=900)
+    run_logged(DVC_COMMIT_RUN, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_PUSH, cwd=repo, env=env, log=log, timeout=300)
+    assert any(p.is_file() for p in remote.rglob("*")), "dvc push put nothing in the remote"
+
+    run_logged(DVC_CLONE_PULL, cwd=tmp_path, env=env, log=log, timeout=300)
+    clone = tmp_path / "spd-clone"
+    for out in ("data/prepared/main/train/images.npy", "data/raw/synth_lip", "models/spd.pt"):
+        assert (clone / out).exists(), f"dvc pull did not restore {out}"
+    assert (clone / "models/spd.pt").read_bytes() == (repo / "models/spd.pt").read_bytes()
+
+    status = run_logged(DVC_STATUS, cwd=clone, env=env, log=log, timeout=120)
+    assert "up to date" in status.stdout, status.stdout
+    repro = run_logged(DVC_REPRO, cwd=clone, env=env, log=log, timeout=300)
+    assert "Running stage" not in repro.stdout, f"dvc repro recomputed after a pull:\n{repro.stdout}"
+    assert not (clone / "ray_results").exists() and not (clone / "mlflow.db").exists()
+
+
+def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
+    ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
+) -> None:
+    # max_failures=0: with no spare node a lost node is an error, not an endless wait for capacity.
+    project = make_project(
+        tmp_path,
+        prepared_tiny,
+        [
+            "train.epochs=6",
+            "train.max_failures=0",
+            "train.run_name=node-loss",
+            "mlflow.experiment=spd-cluster",
+        ],
+    )
+    shared = tmp_path / "shared"
+    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+    log = tmp_path / "commands.log"
+
+    with (tmp_path / "first_attempt.log").open("w+") as out:
+        first = subprocess.Popen(
+            ["bash", "-c", TRAIN], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 400
+            while not list(shared.glob("ray_results/node-loss-*/epoch_0001")):
+                assert first.poll() is None, "training ended before its first checkpoint"
+                assert time.monotonic() < deadline, "no checkpoint within 400 s"
+                time.sleep(0.5)
+            ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
+            rc = first.wait(timeout=300)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        out.seek(0)
+        first_output = out.read()
+
+    assert rc != 0, f"training survived the loss of a node it needed:\n{first_output[-3000:]}"
+    message = [ln for ln in first_output.splitlines() if ln.startswith("spd train: error:")]
+    assert message and "re-running resumes from the latest" in message[-1], first_output[-3000:]
+    assert "Traceback" not in first_output.split("spd train: error:")[-1]
+    run_dir = next(shared.glob("ray_results/node-loss-*"))
+    done = max(int(p.name.split("_")[1]) for p in run_dir.glob("epoch_*"))
+    assert done < 6, "the node was killed after training had finished"
+
+    ray_cluster.script(UP.split(" ", 1)[1])  # the worker node is back
+    second = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
+    epochs = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/6", second.stdout + second.stderr)]
+    assert epochs and epochs[0] == done + 1 and epochs[-1] == 6, (
+        f"resumed at {epochs}, last checkpoint {done}"
+    )
+    report = json.loads((project / "reports" / "train.json").read_text())
+    assert report["epochs"] == 6 and Path(report["storage_path"]) / report["run_name"] == run_dir
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
