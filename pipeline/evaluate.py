@@ -68,9 +68,9 @@ def evaluate_split(
     pairs: list[np.ndarray] = []
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
     for idx in _batches(n, batch_size):
-        images = [np.asarray(split.images[i]) for i in idx]
+        images = [np.array(split.images[i]) for i in idx]
         preds = predictor.predict_batch(images)
-        target = np.asarray(split.parsing[idx.start : idx.stop])  # (B, S, S)
+        target = np.array(split.parsing[idx.start : idx.stop])  # (B, S, S)
         pred = np.stack([p.labels for p in preds])  # (B, S, S)
         conf.update(target, pred)
         per_image.update(target, pred)
@@ -81,13 +81,13 @@ def evaluate_split(
             joints = np.stack([p.joints for p in preds])  # (B, 16, 3) in packed pixels
             pckh.update(
                 joints,
-                np.asarray(split.keypoints[idx.start : idx.stop]),
-                split.has_pose[idx.start : idx.stop],
+                np.array(split.keypoints[idx.start : idx.stop]),
+                np.array(split.has_pose[idx.start : idx.stop]),
             )
         if dp is not None:
-            has = np.asarray(split.has_iuv[idx.start : idx.stop])
+            has = np.array(split.has_iuv[idx.start : idx.stop])
             if has.any():
-                t_iuv = np.asarray(split.iuv[idx.start : idx.stop])[has]  # (b, S, S, 3)
+                t_iuv = np.array(split.iuv[idx.start : idx.stop])[has]  # (b, S, S, 3)
                 p_iuv = np.stack([p.iuv for p in preds])[has]
                 dp.update(
                     t_iuv[..., 0],
@@ -117,9 +117,9 @@ def evaluate_cross(predictor: Any, split: Any, batch_size: int) -> dict[str, Any
     model_lut, data_lut = coarse_lut(predictor.label_set), coarse_lut(split.label_set)
     conf = ConfusionMatrix(len(COARSE_GROUPS))
     for idx in _batches(len(split), batch_size):
-        preds = predictor.predict_batch([np.asarray(split.images[i]) for i in idx])
+        preds = predictor.predict_batch([np.array(split.images[i]) for i in idx])
         pred = model_lut[np.stack([p.labels for p in preds])]
-        target = data_lut[np.asarray(split.parsing[idx.start : idx.stop])]
+        target = data_lut[np.array(split.parsing[idx.start : idx.stop])]
         target[pred == IGNORE] = IGNORE  # a model class without a group is not scored (none for LIP)
         conf.update(target, pred)
     m = conf.compute()

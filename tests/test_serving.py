@@ -76,6 +76,7 @@ def test_pyfunc_returns_a_label_map_at_each_inputs_own_size(pyfunc) -> None:
     np.testing.assert_array_equal(maps[0], pyfunc.predict(cases["rgb"]))
     stacked = pyfunc.predict(np.stack([cases["rgb"], cases["rgb"][::-1].copy()]))
     assert stacked.shape == (2, 45, 70)
+    assert pyfunc.predict(cases["rgb"], params={"flip_tta": True}).shape == (45, 70)
 
 
 def test_pyfunc_dataframe_of_encoded_images_returns_png_masks(pyfunc) -> None:
