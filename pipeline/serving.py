@@ -24,6 +24,7 @@ import binascii
 import json
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,31 @@ PINNED_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "m
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes | str, name: str) -> np.ndarray:
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, without decoding; None for other formats.
+
+    Lets an oversized image be refused before its pixels are allocated (a small file can
+    decompress to gigabytes).
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = int.from_bytes(data[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            i += 2 + length
+    return None
+
+
+def decode_image(data: bytes | str, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Encoded image bytes (or their base64 text) -> (H, W) or (H, W, C) array in RGB(A) order."""
     if isinstance(data, str):
         try:
@@ -65,7 +90,12 @@ def decode_image(data: bytes | str, name: str) -> np.ndarray:
             raise DataError(f"{name}: not an image (expected encoded image bytes or base64 text)") from None
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise DataError(f"{name}: not an image (expected encoded image bytes, got {type(data).__name__})")
-    check_complete(bytes(data), Path(name))  # libjpeg decodes a cut-off JPEG without complaint
+    data = bytes(data)
+    size = encoded_size(data) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise DataError(f"{name}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels}")
+    check_complete(data, Path(name))  # libjpeg decodes a cut-off JPEG without complaint
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DataError(f"{name}: not an image (cannot decode {len(data)} bytes as PNG/JPEG/...)")
@@ -102,7 +132,7 @@ def split_input(model_input: Any, max_pixels: int) -> tuple[list[np.ndarray], st
         if IMAGE_COLUMN not in model_input.columns:
             raise DataError(f"expected a DataFrame column {IMAGE_COLUMN!r}, got {list(model_input.columns)}")
         images = [
-            check_image(decode_image(v, f"image[{i}]"), max_pixels, f"image[{i}]")
+            check_image(decode_image(v, f"image[{i}]", max_pixels), max_pixels, f"image[{i}]")
             for i, v in enumerate(model_input[IMAGE_COLUMN].tolist())
         ]
         return images, "frame"
@@ -133,41 +163,45 @@ def encode_mask(label_map: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-class SpdSegmenter(mlflow.pyfunc.PythonModel):
-    """Human parsing for any image size: returns class-id label maps at each input's own size."""
+# MLflow nags about a missing type hint when the class is defined; the omission is deliberate.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        from spd.predict import Predictor
+    class SpdSegmenter(mlflow.pyfunc.PythonModel):
+        """Human parsing for any image size: returns class-id label maps at each input's own size."""
 
-        config = json.loads(Path(context.artifacts[SERVING_CONFIG]).read_text())
-        self.max_pixels = int(config["max_pixels"])
-        self.flip_tta = bool(config["flip_tta"])
-        self.predictor = Predictor.from_checkpoint(context.artifacts[MODEL_FILE])
+        def load_context(self, context: Any) -> None:
+            from spd.predict import Predictor
 
-    # No type hint on model_input: MLflow would derive a (list-only) input schema from it.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        flip_tta = bool((params or {}).get("flip_tta", self.flip_tta))
-        try:
-            images, form = split_input(model_input, self.max_pixels)
-        except DataError as e:
-            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        self.predictor.flip_tta = flip_tta
-        maps = []
-        for i in range(0, len(images), PREDICT_CHUNK):
-            maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK])]
-        if form == "single":
-            return maps[0]
-        if form == "stack":
-            return np.stack(maps)
-        if form == "list":
-            return maps
-        return pd.DataFrame(
-            {
-                "mask": [encode_mask(m) for m in maps],
-                "height": [m.shape[0] for m in maps],
-                "width": [m.shape[1] for m in maps],
-            }
-        )
+            config = json.loads(Path(context.artifacts[SERVING_CONFIG]).read_text())
+            self.max_pixels = int(config["max_pixels"])
+            self.flip_tta = bool(config["flip_tta"])
+            self.predictor = Predictor.from_checkpoint(context.artifacts[MODEL_FILE])
+
+        # No type hint on model_input: MLflow would derive a (list-only) input schema from it.
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+            flip_tta = bool((params or {}).get("flip_tta", self.flip_tta))
+            try:
+                images, form = split_input(model_input, self.max_pixels)
+            except DataError as e:
+                raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+            self.predictor.flip_tta = flip_tta
+            maps = []
+            for i in range(0, len(images), PREDICT_CHUNK):
+                maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK])]
+            if form == "single":
+                return maps[0]
+            if form == "stack":
+                return np.stack(maps)
+            if form == "list":
+                return maps
+            return pd.DataFrame(
+                {
+                    "mask": [encode_mask(m) for m in maps],
+                    "height": [m.shape[0] for m in maps],
+                    "width": [m.shape[1] for m in maps],
+                }
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,10 @@ def test_pyfunc_rejects_oversized_and_non_images_with_a_clear_message(pyfunc) ->
         pyfunc.predict(np.zeros((3000, 3000, 3), np.uint8))
     with pytest.raises(MlflowException, match=r"image\[1\]: not an image"):
         pyfunc.predict(pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8)), b"not a png"]}))
+    # An encoded image is refused from its header, before its pixels are allocated.
+    big = png_bytes(np.zeros((3000, 3000), np.uint8))
+    with pytest.raises(MlflowException, match=r"image\[0\]: 3000x3000 = 9000000 pixels is above the limit"):
+        pyfunc.predict(pd.DataFrame({"image": [big]}))
     with pytest.raises(MlflowException, match="expected a uint8 or uint16 image"):
         pyfunc.predict(np.zeros((8, 8, 3), np.float64))
 
