@@ -24,7 +24,6 @@ import binascii
 import json
 import shutil
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -163,45 +162,42 @@ def encode_mask(label_map: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-# MLflow nags about a missing type hint when the class is defined; the omission is deliberate.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+class SpdSegmenter(mlflow.pyfunc.PythonModel):
+    """Human parsing for any image size: returns class-id label maps at each input's own size."""
 
-    class SpdSegmenter(mlflow.pyfunc.PythonModel):
-        """Human parsing for any image size: returns class-id label maps at each input's own size."""
+    def load_context(self, context: Any) -> None:
+        from spd.predict import Predictor
 
-        def load_context(self, context: Any) -> None:
-            from spd.predict import Predictor
+        config = json.loads(Path(context.artifacts[SERVING_CONFIG]).read_text())
+        self.max_pixels = int(config["max_pixels"])
+        self.flip_tta = bool(config["flip_tta"])
+        self.predictor = Predictor.from_checkpoint(context.artifacts[MODEL_FILE])
 
-            config = json.loads(Path(context.artifacts[SERVING_CONFIG]).read_text())
-            self.max_pixels = int(config["max_pixels"])
-            self.flip_tta = bool(config["flip_tta"])
-            self.predictor = Predictor.from_checkpoint(context.artifacts[MODEL_FILE])
-
-        # No type hint on model_input: MLflow would derive a (list-only) input schema from it.
-        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-            flip_tta = bool((params or {}).get("flip_tta", self.flip_tta))
-            try:
-                images, form = split_input(model_input, self.max_pixels)
-            except DataError as e:
-                raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-            self.predictor.flip_tta = flip_tta
-            maps = []
-            for i in range(0, len(images), PREDICT_CHUNK):
-                maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK])]
-            if form == "single":
-                return maps[0]
-            if form == "stack":
-                return np.stack(maps)
-            if form == "list":
-                return maps
-            return pd.DataFrame(
-                {
-                    "mask": [encode_mask(m) for m in maps],
-                    "height": [m.shape[0] for m in maps],
-                    "width": [m.shape[1] for m in maps],
-                }
-            )
+    # No type hints here (MLflow warns about that once): it would derive a list-only input schema
+    # from them and reject plain image arrays.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        flip_tta = bool((params or {}).get("flip_tta", self.flip_tta))
+        try:
+            images, form = split_input(model_input, self.max_pixels)
+        except DataError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        self.predictor.flip_tta = flip_tta
+        maps = []
+        for i in range(0, len(images), PREDICT_CHUNK):
+            maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK])]
+        if form == "single":
+            return maps[0]
+        if form == "stack":
+            return np.stack(maps)
+        if form == "list":
+            return maps
+        return pd.DataFrame(
+            {
+                "mask": [encode_mask(m) for m in maps],
+                "height": [m.shape[0] for m in maps],
+                "width": [m.shape[1] for m in maps],
+            }
+        )
 
 
 # ---------------------------------------------------------------------------------------------
