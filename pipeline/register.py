@@ -110,9 +110,11 @@ def registry_lock(client: Any, name: str) -> Iterator[None]:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
-            held = json.loads(client.get_registered_model(lock).description or "{}")
-            if time.time() - float(held.get("since", 0)) > STALE_LOCK_S:
-                client.delete_registered_model(lock)  # its holder died; the next create decides
+            held_text = client.get_registered_model(lock).description or "{}"
+            if time.time() - float(json.loads(held_text).get("since", 0)) > STALE_LOCK_S:
+                # Its holder died. Re-read first, so a lock just re-taken by a live run stays.
+                if client.get_registered_model(lock).description == held_text:
+                    client.delete_registered_model(lock)
                 continue
         except (MlflowException, ValueError):
             pass  # released (or being replaced) between our create and get: try again

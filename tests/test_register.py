@@ -154,3 +154,31 @@ def test_training_then_register_over_http_yields_a_champion_linked_to_its_traini
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert model.predict(np.zeros((50, 40, 3), np.uint8)).shape == (50, 40)
+
+
+def test_a_lock_left_by_a_crashed_register_is_broken_and_a_live_one_is_waited_for(tmp_path: Path) -> None:
+    import json as _json
+    import threading
+    import time
+
+    import mlflow
+
+    from pipeline.register import LOCK_SUFFIX, STALE_LOCK_S, registry_lock
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lock = "m" + LOCK_SUFFIX
+    client.create_registered_model(lock, description=_json.dumps({"since": time.time() - STALE_LOCK_S - 1}))
+    with registry_lock(client, "m"):
+        assert client.get_registered_model(lock).description != ""
+    assert not client.search_registered_models(f"name = '{lock}'")
+
+    order = []
+    with registry_lock(client, "m"):
+        waiter = threading.Thread(
+            target=lambda: (registry_lock(client, "m").__enter__(), order.append("second"))
+        )
+        waiter.start()
+        time.sleep(1.0)
+        order.append("first")
+    waiter.join(timeout=30)
+    assert order == ["first", "second"]
