@@ -10,8 +10,10 @@ project directory. `pytest -k cluster` selects them all.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +108,22 @@ def cluster_env(cluster: RayCluster, tracking_uri: str, shared: Path) -> dict[st
 def started_worker_pids(output: str) -> list[int]:
     """Ray Train's own account of the worker group it started: '- (ip=..., pid=N) world_rank=R ...'."""
     return [int(p) for p in re.findall(r"\(ip=[^,]+, pid=(\d+)\) world_rank=\d+", output)]
+
+
+def latest_checkpoint_epoch(shared: Path) -> int | None:
+    """The epoch of the run's latest checkpoint as Ray Train committed it (what a resume starts from).
+
+    A checkpoint directory exists as soon as the workers upload it, but it only counts once the
+    controller has registered it in the run's checkpoint_manager_snapshot.json.
+    """
+    for snapshot in shared.glob("ray_results/node-loss-*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except (OSError, json.JSONDecodeError):  # being rewritten
+            return None
+        if latest:
+            return int(latest["checkpoint_dir_name"].split("_")[1])
+    return None
 
 
 def test_cluster_readme_shows_the_commands_the_tests_run() -> None:
@@ -230,19 +248,24 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
 
     with (tmp_path / "first_attempt.log").open("w+") as out:
         first = subprocess.Popen(
-            ["bash", "-c", TRAIN], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            ["bash", "-c", TRAIN],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as a whole if the test fails
         )
         try:
             deadline = time.monotonic() + 400
-            while not list(shared.glob("ray_results/node-loss-*/epoch_0001")):
+            while latest_checkpoint_epoch(shared) is None:
                 assert first.poll() is None, "training ended before its first checkpoint"
                 assert time.monotonic() < deadline, "no checkpoint within 400 s"
-                time.sleep(0.5)
+                time.sleep(0.2)
             ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
             rc = first.wait(timeout=300)
         finally:
             if first.poll() is None:
-                first.kill()
+                os.killpg(first.pid, signal.SIGKILL)
         out.seek(0)
         first_output = out.read()
 
@@ -251,8 +274,8 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     assert message and "re-running resumes from the latest" in message[-1], first_output[-3000:]
     assert "Traceback" not in first_output.split("spd train: error:")[-1]
     run_dir = next(shared.glob("ray_results/node-loss-*"))
-    done = max(int(p.name.split("_")[1]) for p in run_dir.glob("epoch_*"))
-    assert done < 6, "the node was killed after training had finished"
+    done = latest_checkpoint_epoch(shared)
+    assert done is not None and done < 6, "the node was killed after training had finished"
 
     ray_cluster.script(UP.split(" ", 1)[1])  # the worker node is back
     second = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
