@@ -192,7 +192,6 @@ def build_trainer(
 def _open_mlflow_run(
     params: Params,
     uri: str,
-    root: Path,
     run_name: str,
     ray_run: str,
     tags: dict[str, str],
@@ -257,7 +256,7 @@ def run_training(
         if dhash:
             run_tags["data_hash"] = dhash
         run_id = _open_mlflow_run(
-            params, uri, root, run_name or t.run_name, f"{storage}/{ray_run}", run_tags, mlflow_parent_run_id
+            params, uri, run_name or t.run_name, f"{storage}/{ray_run}", run_tags, mlflow_parent_run_id
         )
 
     runtime.init_ray(params.ray)
@@ -272,6 +271,9 @@ def run_training(
     )
     try:
         result = trainer.fit()
+    except KeyboardInterrupt:
+        _end_mlflow_run(uri, run_id, "KILLED")
+        raise
     except Exception as e:  # TrainingFailedError (workers out of retries) or a controller error
         _end_mlflow_run(uri, run_id, "FAILED")
         first = str(e).strip().splitlines()
