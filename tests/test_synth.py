@@ -123,3 +123,23 @@ def test_pose_csv_writes_nan_for_joints_outside_the_image(tmp_path: Path) -> Non
     assert len(rows) == 40
     assert all(len(r.split(",")) == 49 and r.split(",")[0].endswith(".jpg") for r in rows)
     assert any("nan,nan,nan" in r for r in rows)  # partial crops leave some joints outside
+
+
+def test_cli_synth_without_out_writes_both_param_datasets(tmp_path: Path, project_root: Path) -> None:
+    sets = [
+        f"synth.out={tmp_path / 'lip'}",
+        f"synth.cross.out={tmp_path / 'atr'}",
+        "synth.train=3",
+        "synth.val=2",
+        "synth.cross.count=4",
+        "synth.image_size=32",
+    ]
+    cmd = [sys.executable, "-m", "pipeline.cli", "synth"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(cmd, cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "lip" / "TrainVal_images" / "val_id.txt").read_text().split() == [
+        "val_00000",
+        "val_00001",
+    ]
+    assert len(list((tmp_path / "atr" / "humanparsing" / "JPEGImages").glob("*.jpg"))) == 4
+    assert not list(tmp_path.glob(".*"))  # no temporary directories left behind
