@@ -46,8 +46,8 @@ DVC_COMMIT_CONFIG = 'git add .dvc/config && git commit -m "DVC remote"'
 DVC_REPRO = "dvc repro"
 DVC_COMMIT_RUN = 'git add dvc.lock reports && git commit -m "Pipeline run"'
 DVC_PUSH = "dvc push"
-DVC_CLONE_PULL = "git clone $REPO_URL spd-clone && cd spd-clone && dvc pull"
-DVC_STATUS = "dvc status"
+DVC_CLONE_PULL = "git clone $REPO_URL spd-clone && cd spd-clone && dvc pull dvc.yaml"
+DVC_STATUS = "dvc status dvc.yaml"
 README_COMMANDS = [
     UP,
     KILL_WORKER,
@@ -236,7 +236,7 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
         tmp_path,
         prepared_tiny,
         [
-            "train.epochs=6",
+            "train.epochs=4",
             "train.max_failures=0",
             "train.run_name=node-loss",
             "mlflow.experiment=spd-cluster",
@@ -275,16 +275,16 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     assert "Traceback" not in first_output.split("spd train: error:")[-1]
     run_dir = next(shared.glob("ray_results/node-loss-*"))
     done = latest_checkpoint_epoch(shared)
-    assert done is not None and done < 6, "the node was killed after training had finished"
+    assert done is not None and done < 4, "the node was killed after training had finished"
 
     ray_cluster.script(UP.split(" ", 1)[1])  # the worker node is back
     second = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
-    epochs = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/6", second.stdout + second.stderr)]
-    assert epochs and epochs[0] == done + 1 and epochs[-1] == 6, (
+    epochs = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/4", second.stdout + second.stderr)]
+    assert epochs and epochs[0] == done + 1 and epochs[-1] == 4, (
         f"resumed at {epochs}, last checkpoint {done}"
     )
     report = json.loads((project / "reports" / "train.json").read_text())
-    assert report["epochs"] == 6 and Path(report["storage_path"]) / report["run_name"] == run_dir
+    assert report["epochs"] == 4 and Path(report["storage_path"]) / report["run_name"] == run_dir
 
 
 if __name__ == "__main__":
