@@ -61,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="spd-bench-ray-") as storage:
         for name in args.configs.split(","):
             workers, cpus = CONFIGS[name]
-            train = replace(base.train, epochs=args.epochs, num_workers=workers, cpus_per_worker=float(cpus))
+            train = replace(
+                base.train, epochs=args.epochs, num_workers=max(1, workers), cpus_per_worker=float(cpus)
+            )
             train = replace(train, val_every=args.epochs, fault_at_epoch=None)  # validate once, at the end
             params = replace(base, train=train)
-            trainer = build_trainer(params, f"bench-{name}", storage, project_root=root, verbose=False)
+            trainer = build_trainer(
+                params, f"bench-{name}", storage, project_root=root, verbose=False, local_mode=workers == 0
+            )
             t0 = time.perf_counter()
             result = trainer.fit()
             fit_s = time.perf_counter() - t0

@@ -55,6 +55,7 @@ OPERATIONAL_TRAIN_KEYS = (
     "report",
     "history",
     "fault_at_epoch",
+    "loader_workers",
 )
 
 
@@ -144,11 +145,14 @@ def build_trainer(
     fingerprint: str | None = None,
     callbacks: list | None = None,
     verbose: bool = True,
+    local_mode: bool = False,
 ) -> Any:
     """A TorchTrainer for `train_loop_per_worker` with scaling, failure and checkpoint config from params.
 
     `storage_path` is absolute (or a URI); the run lives in `<storage_path>/<run_name>` and the same
     pair resumes it. `callbacks` are Ray Train UserCallbacks (Tune passes its TuneReportCallback).
+    `local_mode`: Ray Train's local mode (no worker actors; the loop runs in this process) for
+    debugging and for measuring what Ray itself costs.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -170,7 +174,7 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=t.num_workers,
+            num_workers=0 if local_mode else t.num_workers,
             use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker},
             placement_strategy=t.placement_strategy,
@@ -379,10 +383,19 @@ def train_loop_per_worker(config: dict) -> None:
     sampler = DistributedSampler(
         train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed, drop_last=True
     )
-    train_loader = DataLoader(train_ds, batch_size=per_worker_batch, sampler=sampler, drop_last=True)
+    loading = {
+        "num_workers": t.loader_workers,
+        "persistent_workers": t.loader_workers > 0,
+        "pin_memory": device.type == "cuda",
+    }
+    train_loader = DataLoader(
+        train_ds, batch_size=per_worker_batch, sampler=sampler, drop_last=True, **loading
+    )
     # Each val sample on exactly one worker (no padding duplicates): summed confusion matrices equal
     # a single-process evaluation of the whole split.
-    val_loader = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=per_worker_batch)
+    val_loader = DataLoader(
+        Subset(val_ds, range(rank, len(val_ds), world)), batch_size=per_worker_batch, **loading
+    )
 
     torch.manual_seed(t.seed)  # same initial weights on every worker (DDP also broadcasts them)
     model = build_model(params.model, num_classes)

@@ -122,6 +122,7 @@ class TrainConfig:
     report: str = "reports/train.json"
     history: str = "reports/train_history.csv"
     val_every: int = 1
+    loader_workers: int = 0  # DataLoader processes per Ray worker (0: load in the training process)
     fault_at_epoch: int | None = None  # testing hook: a worker dies mid-epoch once, here
 
 
@@ -249,6 +250,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("train.max_failures", lambda v: v >= -1, "an integer >= -1 (-1: retry forever)"),
     ("train.keep_checkpoints", _positive, "a positive integer"),
     ("train.val_every", _positive, "a positive integer"),
+    ("train.loader_workers", _non_negative, "an integer >= 0"),
     ("ray.num_cpus", lambda v: v is None or v > 0, "a positive integer or null"),
     ("evaluate.batch_size", _positive, "a positive integer"),
     ("evaluate.overlays", _non_negative, "an integer >= 0"),
