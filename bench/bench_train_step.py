@@ -42,8 +42,10 @@ def peak_matmul_flops(dtype: torch.dtype, device: torch.device, n: int = 2048, s
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def random_batch(batch: int, size: int, num_classes: int, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(0)
+def random_batch(
+    batch: int, size: int, num_classes: int, device: torch.device, generator: bool = True
+) -> dict:
+    g = torch.Generator().manual_seed(0) if generator else None
     kp = torch.rand(batch, 16, 3, generator=g) * size
     kp[..., 2] = 1
     b = {
@@ -57,6 +59,18 @@ def random_batch(batch: int, size: int, num_classes: int, device: torch.device) 
         "uv_valid": torch.ones(batch, dtype=torch.bool),
     }
     return {k: v.to(device) for k, v in b.items()}
+
+
+def count_step_flops(backbone: str, size: int, batch: int) -> int:
+    """FLOPs of one training step (forward + loss + backward), counted on the meta device: no
+    memory, no time, so the full sweep's FLOPs are known even where timing it is too slow."""
+    with torch.device("meta"):
+        model = build_model(ModelConfig(backbone=backbone), num_classes=20).train()
+        b = random_batch(batch, size, 20, torch.device("meta"), generator=False)
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = SPDLoss(model.tasks, LossConfig())(model(b["image"]), b)
+            loss.backward()
+    return counter.get_total_flops()
 
 
 def bench_one(
@@ -117,11 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/results/train_step.json")
+    ap.add_argument("--count-only", action="store_true", help="only count FLOPs (meta device), no timing")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     precisions = args.precisions.split(",")
+    if args.count_only:
+        counts = []
+        for bb in args.backbones.split(","):
+            for sz in (int(s) for s in args.sizes.split(",")):
+                flops = count_step_flops(bb, sz, args.batch)
+                counts.append({"backbone": bb, "image_size": sz, "step_flops": flops, "batch": args.batch})
+                counts[-1]["flops_per_image"] = flops / args.batch
+        for c in counts:
+            print(
+                f"{c['backbone']:10s} {c['image_size']:4d}px {c['flops_per_image'] / 1e9:8.1f} GFLOP/img/step"
+            )
+        atomic_write_json(args.out, {"results": counts, "note": "training-step FLOPs only (meta device)"})
+        return 0
     peaks = {
         p: peak_matmul_flops(PRECISIONS[p][0] or torch.float32, device) for p in precisions
     }  # same run, same machine state as the steps
