@@ -239,3 +239,19 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
     assert (out / "best_params.yaml").read_text() == before
     runs, _ = _mlflow_runs(tmp_path)
     assert len(runs) == 5
+
+
+def test_concurrent_trials_follow_the_resources_each_trial_needs():
+    from spd.config import TuneConfig
+    from tuning.search import max_concurrent_trials
+
+    one_cpu = TuneConfig(workers_per_trial=1, cpus_per_worker=1.0)
+    assert max_concurrent_trials(one_cpu, {"CPU": 2.0}, use_gpu=False) == 2
+    two_by_two = TuneConfig(workers_per_trial=2, cpus_per_worker=2.0)
+    assert max_concurrent_trials(two_by_two, {"CPU": 16.0}, use_gpu=False) == 4
+    # GPUs are the limit when trials train on them: 8 GPUs, 4 GPU workers per trial.
+    gpu = TuneConfig(workers_per_trial=4, cpus_per_worker=1.0)
+    assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 8.0}, use_gpu=True) == 2
+    # Never 0: a trial bigger than the cluster runs alone (its trainer waits for an autoscaler).
+    assert max_concurrent_trials(TuneConfig(cpus_per_worker=4.0), {"CPU": 2.0}, False) == 1
+    assert max_concurrent_trials(TuneConfig(max_concurrent=3), {"CPU": 2.0}, False) == 3

@@ -36,7 +36,11 @@ def outcome_of(trial: Any, target_epochs: int) -> TrialOutcome:
     finished = trial.status in ("TERMINATED", "ERROR")
     error = ""
     if errored:
-        error = _last_line(trial.get_error() or "") or str(trial.error_file or "error")
+        try:
+            text = trial.get_error() or ""
+        except OSError:  # the error file is gone (storage moved): the path still says where it was
+            text = ""
+        error = _last_line(text) or str(trial.error_file or "error")
     cfg = trial.config
     return TrialOutcome(
         trial_id=trial.trial_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -223,6 +224,8 @@ TAG_TRIAL = "spd.tune.trial_id"
 TAG_STATUS = "spd.tune.status"
 TAG_PARENT = "mlflow.parentRunId"
 
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to each result by TuneReportCallback
+
 _EXCLUDED_METRICS = {"epoch", "training_iteration", "timestamp", "pid", "time_since_restore"}
 
 
@@ -307,6 +310,18 @@ def finish_parent_run(
     client.set_terminated(run_id, status="FINISHED")
 
 
+def checkpoint_history(checkpoint_path: str) -> list[dict]:
+    """The per-epoch metrics a trial's Train checkpoint carries (pipeline.train's state file)."""
+    import torch
+    from ray.train import Checkpoint
+
+    from pipeline.train import STATE_FILE
+
+    with Checkpoint(checkpoint_path).as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    return list(state.get("history", []))
+
+
 class MlflowTrialCallback(Callback):
     """Tune callback (runs in the driver): one nested MLflow run per trial, found again on resume.
 
@@ -331,6 +346,7 @@ class MlflowTrialCallback(Callback):
         self.target_epochs = target_epochs
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, int] = {}
+        self._logged: dict[str, set[int]] = {}  # epochs on each trial's run (from MLflow on resume)
         self._client: Any = None
 
     def __getstate__(self) -> dict:
@@ -386,15 +402,35 @@ class MlflowTrialCallback(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
-
         run_id = self.run_id(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self._epochs[trial.trial_id] = max(epoch, self._epochs.get(trial.trial_id, 0))
+        logged = self._logged_epochs(trial.trial_id, run_id)
+        missing = [e for e in range(1, epoch) if e not in logged]
+        if missing and result.get(CHECKPOINT_PATH_KEY):
+            # An interrupted search loses the report of an epoch trained and checkpointed just
+            # before the interruption; the resumed trial starts after it. Its checkpoint has it.
+            for row in checkpoint_history(result[CHECKPOINT_PATH_KEY]):
+                if int(row.get("epoch", 0)) in missing:
+                    self._log_epoch(run_id, int(row["epoch"]), row)
+        self._log_epoch(run_id, epoch, result)
+
+    def _logged_epochs(self, trial_id: str, run_id: str) -> set[int]:
+        if trial_id not in self._logged:
+            history = self.client.get_metric_history(run_id, "train_loss")
+            self._logged[trial_id] = {int(m.step) for m in history}
+        return self._logged[trial_id]
+
+    def _log_epoch(self, run_id: str, epoch: int, values: dict) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, epoch) for k, v in result.items() if is_trial_metric(k, v)]
+        metrics = [Metric(k, float(v), now, epoch) for k, v in values.items() if is_trial_metric(k, v)]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+        for trial_id, rid in self._runs.items():
+            if rid == run_id:
+                self._logged.setdefault(trial_id, set()).add(epoch)
 
     def _finish(self, trial: Any, errored: bool) -> None:
         run_id = self.run_id(trial)

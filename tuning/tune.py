@@ -14,12 +14,16 @@ import argparse
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import runtime
 from spd.config import ConfigError, Params, params_from_dict, params_to_dict
 from spd.errors import SpdError
+
+if TYPE_CHECKING:
+    from tuning.search import TrialOutcome
 
 SEARCH_STATE = "spd_search.json"  # beside Tune's state: what the search was started with
 WORKER_START_TIMEOUT_S = 600
@@ -59,8 +63,9 @@ def check_searchable(params: Params) -> None:
 
 
 def search_fingerprint(params: Params, data_dir: Path) -> str:
-    """What makes two searches comparable: the search space and budget, model, loss, data."""
-    from pipeline.train import OPERATIONAL_TRAIN_KEYS, run_fingerprint
+    """What makes two runs the same search: its space and budget, the model, loss and training
+    knobs, and the prepared data. (Not the code: an edit elsewhere must not orphan a search.)"""
+    from pipeline.train import OPERATIONAL_TRAIN_KEYS
 
     tune = {
         k: v
@@ -68,17 +73,23 @@ def search_fingerprint(params: Params, data_dir: Path) -> str:
         if k not in ("max_concurrent", "max_failures", "out_dir", "storage_path", "name")
     }
     train = {k: v for k, v in params_to_dict(params.train).items() if k not in OPERATIONAL_TRAIN_KEYS}
-    h = hashlib.sha256(json.dumps([tune, train], sort_keys=True).encode())
-    h.update(run_fingerprint(params, data_dir).encode())
+    loss = {"lambda_seg": params.loss.lambda_seg, "heatmap_sigma": params.loss.heatmap_sigma}
+    h = hashlib.sha256(json.dumps([tune, params_to_dict(params.model), loss, train], sort_keys=True).encode())
+    for split in ("train", "val"):
+        for f in sorted((data_dir / split).glob("*")):
+            if f.name == "manifest.json":
+                h.update(f.read_bytes())
+            elif f.is_file():
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:12]
 
 
+@dataclass(frozen=True)
 class SearchOutcome:
-    def __init__(self, trials: list, best: Any, interrupted: bool, best_params_path: Path | None):
-        self.trials = trials
-        self.best = best
-        self.interrupted = interrupted
-        self.best_params_path = best_params_path
+    trials: list[TrialOutcome]  # one per trial, in Tune's order
+    best: TrialOutcome | None  # None when interrupted
+    interrupted: bool  # some trials still to run: the outputs were not written
+    best_params_path: Path | None
 
 
 def run_trial(
@@ -207,11 +218,13 @@ def run_search(
             _write_search_state(Path(exp_dir), fingerprint, tc.name)
 
     try:
-        grid = tuner.fit()
+        tuner.fit()
     except BaseException:
         search.end_parent_run(uri, parent_run_id, "KILLED")
         raise
-    trials = grid._experiment_analysis.trials  # statuses, errors and every reported result
+    # The saved experiment state, not the in-memory trials: after a Ctrl-C Tune's clean-up marks
+    # the trials it stops as terminated, while the state records them as still to be run.
+    trials = tune.ExperimentAnalysis(exp_dir).trials
     outcomes = [report.outcome_of(t, tc.epochs) for t in trials]
     if any(o.status == search.STATUS_UNFINISHED for o in outcomes):
         search.end_parent_run(uri, parent_run_id, "KILLED")
