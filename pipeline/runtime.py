@@ -50,6 +50,20 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
+def loopback_only() -> None:
+    """Make a single-node Ray keep 127.0.0.1 as its address (and so listen on loopback only).
+
+    Given `_node_ip_address="127.0.0.1"`, Ray still swaps loopback for the machine's routable
+    address unless its "no multi-node clusters" mode is on. That mode is what we want for a local
+    instance: the flag is read at import time, so set both the variable (for child processes) and
+    the already-imported constant.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Connect to the configured cluster, or start a loopback-only local Ray; reuse one already up."""
     import ray
@@ -62,6 +76,7 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, configure_logging=False)
         else:
+            loopback_only()
             ray.init(
                 num_cpus=cfg.num_cpus,
                 _node_ip_address="127.0.0.1",
