@@ -89,8 +89,12 @@ print(" ".join(map(str, sorted(found))))
 EOF
 }
 
+# Whether the node's `ray start` process is alive (a killed one may linger as a zombie for a moment).
 node_running() {
-    [[ -f "$STATE_DIR/$1.pid" ]] && kill -0 "$(cat "$STATE_DIR/$1.pid")" 2>/dev/null
+    [[ -f "$STATE_DIR/$1.pid" ]] || return 1
+    local stat
+    stat="$(ps -o stat= -p "$(cat "$STATE_DIR/$1.pid")" 2>/dev/null)" || return 1
+    [[ -n "$stat" && "$stat" != Z* ]]
 }
 
 # `ray start --block <args>` in the background with its own temp dir; records its PID and temp dir,
@@ -119,14 +123,16 @@ start_node() {
     done
 }
 
-stop_node() {
-    local node="$1" pids
-    pids="$(node_pids "$node")"
-    if [[ -n "$pids" ]]; then
-        # `ray start --block` stops its node's processes on SIGTERM; stragglers get SIGKILL.
+# SIGTERM to the nodes' `ray start --block` processes (each stops its node's processes), up to 15 s
+# for them to go, then SIGKILL whatever of those nodes is left; their temp dirs are removed.
+stop_nodes() {
+    local node pids
+    for node in "$@"; do
         if node_running "$node"; then
             kill -TERM "$(cat "$STATE_DIR/$node.pid")" 2>/dev/null || true
         fi
+    done
+    for node in "$@"; do
         for _ in $(seq 1 30); do
             pids="$(node_pids "$node")"
             [[ -z "$pids" ]] && break
@@ -138,18 +144,17 @@ stop_node() {
             [[ -z "$(node_pids "$node")" ]] && break
             sleep 0.5
         done
-    fi
-    if [[ -f "$STATE_DIR/$node.tmp" ]]; then
-        rm -rf "$(cat "$STATE_DIR/$node.tmp")"
-    fi
-    rm -f "$STATE_DIR/$node.pid" "$STATE_DIR/$node.tmp"
+        if [[ -f "$STATE_DIR/$node.tmp" ]]; then
+            rm -rf "$(cat "$STATE_DIR/$node.tmp")"
+        fi
+        rm -f "$STATE_DIR/$node.pid" "$STATE_DIR/$node.tmp"
+    done
 }
 
 cmd_up() {
     mkdir -p "$STATE_DIR"
     if ! node_running head; then
-        stop_node worker # a worker node cannot outlive its head
-        stop_node head
+        stop_nodes worker head # a worker node cannot outlive its head
         local port client_port dashboard_port
         read -r port client_port dashboard_port <<<"$(free_ports 3)"
         echo "LOCALHOST:$port" >"$STATE_DIR/address"
@@ -160,7 +165,7 @@ cmd_up() {
             --dashboard-port "$dashboard_port" --num-cpus "$HEAD_CPUS" --resources '{"spd_head": 1}'
     fi
     if ! node_running worker; then
-        stop_node worker
+        stop_nodes worker
         start_node worker --address "$(cat "$STATE_DIR/address")" \
             --num-cpus "$WORKER_CPUS" --resources '{"spd_worker": 1}'
     fi
@@ -169,8 +174,7 @@ cmd_up() {
 
 cmd_down() {
     [[ -d "$STATE_DIR" ]] || return 0
-    stop_node worker
-    stop_node head
+    stop_nodes worker head
     rm -f "$STATE_DIR/address"
 }
 
