@@ -115,12 +115,16 @@ def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow
 def cell_metrics_from_evaluation(ev: dict, tasks: tuple[str, ...]) -> dict[str, float | None]:
     """The ablation's columns picked out of the evaluation's metrics dict."""
     cross = ev.get("cross") or {}
+
+    def number(v: Any) -> float | None:  # NaN (nothing to measure) -> None: valid JSON, skipped in means
+        return float(v) if v is not None and math.isfinite(v) else None
+
     return {
-        "miou": ev["miou"],
-        "pixel_acc": ev["pixel_acc"],
-        "mean_acc": ev["mean_acc"],
-        "cross_miou": cross.get("coarse_miou"),
-        "pckh": ev.get("pckh") if "pose" in tasks else None,
+        "miou": number(ev["miou"]),
+        "pixel_acc": number(ev["pixel_acc"]),
+        "mean_acc": number(ev["mean_acc"]),
+        "cross_miou": number(cross.get("coarse_miou")),
+        "pckh": number(ev.get("pckh")) if "pose" in tasks else None,
     }
 
 
@@ -214,6 +218,12 @@ def findings(agg: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             f"No significant difference: no task set differs from {{seg}} by more than "
             f"{SIGNIFICANCE_SIGMAS:g}σ on any metric, so these runs neither confirm nor refute the paper's "
             "claim that pose and DensePose help segmentation."
+        )
+    fewest = min(e["n"] for _, _, e in compared)
+    if 1 < fewest < 3:
+        lines.append(
+            f"Only {fewest} seeds per task set: the standard deviations are rough, so read every "
+            f"{SIGNIFICANCE_SIGMAS:g}σ verdict as indicative; add seeds to ablation.seeds to firm it up."
         )
     best = max(agg, key=lambda ts: agg[ts]["miou"]["mean"] if "miou" in agg[ts] else -1.0)
     lines.append(f"Highest mean in-domain mIoU: {braced(best)} ({agg[best]['miou']['mean']:.4f}).")

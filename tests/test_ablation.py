@@ -1,0 +1,209 @@
+"""The task ablation as users run it: `dvc repro ablation/dvc.yaml` trains and evaluates every
+task set x seed through Ray Train, then writes a report whose every number comes from the cells.
+
+A tiny matrix (2 task sets x 2 seeds, 1 epoch, 64 px, head_channels 16) runs through real DVC in a
+temporary git repo holding a copy of the project, on the session's local Ray and a sqlite MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.ablation import METRICS, braced, cell_name
+
+TASK_SETS = ["seg", "seg+pose"]
+SEEDS = [0, 1]
+
+
+def _tiny_params(root_params: Path, tracking_uri: str) -> dict:
+    raw = yaml.safe_load(root_params.read_text())
+    raw["prepare"]["image_size"] = 64
+    raw["prepare"]["main"]["out"] = "data/prepared/main"
+    raw["prepare"]["cross"]["out"] = "data/prepared/cross"
+    raw["model"].update(backbone="resnet18", head_channels=16)
+    raw["train"].update(
+        batch_size=8, num_workers=1, cpus_per_worker=1.0, storage_path="ray_results", keep_checkpoints=1
+    )
+    raw["evaluate"].update(batch_size=8, overlays=0)
+    raw["mlflow"].update(tracking_uri=tracking_uri, experiment="spd-ablation-test")
+    raw["ablation"].update(task_sets=TASK_SETS, seeds=SEEDS, epochs=1)
+    return raw
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, (
+        f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    )
+    return p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def ablation_project(
+    tmp_path_factory: pytest.TempPathFactory,
+    project_root: Path,
+    prepared_tiny: Path,
+    prepared_cross_tiny: Path,
+    ray_local: str,
+) -> tuple[Path, dict, str]:
+    """A git + DVC copy of the project with tiny params and prepared data, after
+    `dvc repro ablation/dvc.yaml`; yields (project, env, repro output)."""
+    proj = tmp_path_factory.mktemp("ablation_project")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for d in ("spd", "pipeline", "ablation"):
+        shutil.copytree(project_root / d, proj / d, ignore=ignore)
+    shutil.copy(project_root / "dvc.yaml", proj / "dvc.yaml")
+    shutil.copy(project_root / ".gitignore", proj / ".gitignore")
+    shutil.copytree(prepared_tiny, proj / "data/prepared/main")
+    shutil.copytree(prepared_cross_tiny, proj / "data/prepared/cross")
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    (proj / "params.yaml").write_text(yaml.safe_dump(_tiny_params(project_root / "params.yaml", uri)))
+
+    env = dict(os.environ, RAY_ADDRESS=ray_local, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=uri)
+    env.pop("DVC_NO_ANALYTICS", None)
+    _run(["git", "init", "-q"], proj, env)
+    _run(["dvc", "init", "-q"], proj, env)
+    _run(["dvc", "config", "core.analytics", "false"], proj, env)
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], proj, env)
+    out = _run(["dvc", "repro", "ablation/dvc.yaml"], proj, env, timeout=1500)
+    return proj, env, out
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_cell_and_reports_mean_and_std_from_their_metrics(ablation_project) -> None:
+    proj, env, out = ablation_project
+    cells = {}
+    for ts in TASK_SETS:
+        for seed in SEEDS:
+            name = cell_name(ts, seed)
+            assert f"ablation@{ts}-{seed}" in out  # a DVC matrix stage per cell ran
+            assert (proj / "ablation/runs" / name / "model.pt").is_file()
+            cells[name] = m = json.loads((proj / "ablation/runs" / name / "metrics.json").read_text())
+            assert m["task_set"] == ts and m["seed"] == seed and m["epochs"] == 1
+            for key in ("miou", "pixel_acc", "mean_acc", "cross_miou"):
+                assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
+            assert m["cross_label_set"] == "atr"  # scored on the shifted ATR-layout domain
+            assert (m["pckh"] is not None) == ("pose" in ts.split("+"))
+            assert m["train_run_id"]  # trained through run_training, tracked in MLflow
+
+    report = json.loads((proj / "reports/ablation.json").read_text())
+    md = (proj / "reports/ablation.md").read_text()
+    assert (proj / "reports/ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(report["cells"]) == set(cells)
+    for ts in TASK_SETS:
+        row_cells = []
+        for key, _ in METRICS:
+            values = [cells[cell_name(ts, s)][key] for s in SEEDS]
+            if values[0] is None:
+                assert key not in report["task_sets"][ts]
+                row_cells.append("—")
+                continue
+            mean, std = statistics.fmean(values), statistics.stdev(values)
+            entry = report["task_sets"][ts][key]
+            assert entry["mean"] == pytest.approx(mean) and entry["std"] == pytest.approx(std)
+            assert entry["n"] == len(SEEDS)
+            row_cells.append(f"{mean:.4f} ± {std:.4f}")
+            base = [cells[cell_name("seg", s)][key] for s in SEEDS]
+            if ts != "seg" and base[0] is not None:
+                delta = mean - statistics.fmean(base)
+                sigma = (std**2 / len(SEEDS) + statistics.stdev(base) ** 2 / len(SEEDS)) ** 0.5
+                assert entry["delta"] == pytest.approx(delta)
+                assert entry["significant"] == (abs(delta) > 2 * sigma)
+        assert f"| {braced(ts)} | " + " | ".join(row_cells) + " |" in md
+    # The findings are generated from the same numbers: either named differences or the plain verdict.
+    significant = [
+        (ts, k) for ts, m in report["task_sets"].items() for k, e in m.items() if e.get("significant")
+    ]
+    if significant:
+        assert all(f"{braced(ts)} is significantly" in md for ts, _ in significant)
+    else:
+        assert "No significant difference" in md
+    assert report["findings"] and all(f in md for f in report["findings"])
+
+    # Nothing left to do: every cell and the report are up to date in DVC.
+    status = _run(["dvc", "status", "ablation/dvc.yaml"], proj, env)
+    assert "up to date" in status, status
+    # A bare `dvc repro` reproduces the root dvc.yaml's stages only: the ablation is not among them.
+    root_stages = _run(["dvc", "stage", "list", "--name-only"], proj, env).split()
+    assert "train" in root_stages and not any("ablation" in s or s == "report" for s in root_stages)
+    ablation_stages = _run(["dvc", "stage", "list", "--name-only", "ablation/dvc.yaml"], proj, env).split()
+    assert len(ablation_stages) == len(TASK_SETS) * len(SEEDS) + 1
+
+
+@pytest.mark.slow
+def test_the_report_is_one_mlflow_parent_run_with_a_nested_run_per_cell(ablation_project) -> None:
+    import mlflow
+
+    proj, _, _ = ablation_project
+    client = mlflow.MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("spd-ablation-test")
+    parents = client.search_runs([exp.experiment_id], "tags.`spd.ablation` = 'parent'")
+    assert len(parents) == 1
+    parent = parents[0]
+    nested = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(nested) == len(TASK_SETS) * len(SEEDS)
+    report = json.loads((proj / "reports/ablation.json").read_text())
+    for run in nested:
+        name = cell_name(run.data.params["task_set"], int(run.data.params["seed"]))
+        cell = report["cells"][name]
+        assert run.data.metrics["miou"] == pytest.approx(cell["miou"])
+        assert run.data.metrics["cross_miou"] == pytest.approx(cell["cross_miou"])
+        assert run.data.tags["spd.train_run_id"] == cell["train_run_id"]
+    assert parent.data.metrics["seg_pose.miou_mean"] == pytest.approx(
+        report["task_sets"]["seg+pose"]["miou"]["mean"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"ablation.md", "ablation.json", "ablation.png"} <= artifacts
+    # The cells' training runs are in MLflow too, tagged with their cell.
+    with sqlite3.connect(proj / "mlflow.db") as db:
+        cells = {r[0] for r in db.execute("select value from tags where key = 'spd.ablation_cell'")}
+    assert cells == {cell_name(ts, s) for ts in TASK_SETS for s in SEEDS}
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_atr_layout_data_is_scored_on_lip_layout_data_via_coarse_groups(
+    tmp_path: Path, project_root: Path, prepared_tiny: Path, prepared_cross_tiny: Path, ray_local: str
+) -> None:
+    """The reverse direction of the cross-dataset evaluation: label sets come from the manifests."""
+    from pipeline.ablation import run_cell
+    from spd.config import params_from_dict
+
+    raw = _tiny_params(project_root / "params.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    raw["prepare"]["main"].update(source="atr", out=str(prepared_cross_tiny))
+    raw["prepare"]["cross"].update(source="synthetic", out=str(prepared_tiny))
+    raw["train"]["storage_path"] = str(tmp_path / "ray_results")
+    raw["ablation"].update(task_sets=["seg"], seeds=[3], out_dir=str(tmp_path / "runs"))
+    record = run_cell(params_from_dict(raw), tmp_path, "seg", 3, log_to_mlflow=False)
+    assert record["cross_label_set"] == "lip"
+    assert 0.0 <= record["cross_miou"] <= 1.0 and 0.0 <= record["miou"] <= 1.0
+    on_disk = json.loads((tmp_path / "runs" / "seg-s3" / "metrics.json").read_text())
+    assert on_disk == record
+
+
+def test_the_verdict_follows_the_numbers_no_significant_difference_unless_beyond_two_sigma() -> None:
+    from pipeline.ablation import aggregate, findings
+
+    def cells(seg_miou: list[float], pose_miou: list[float]) -> list[dict]:
+        rows = []
+        for ts, values in (("seg", seg_miou), ("seg+pose", pose_miou)):
+            for seed, v in enumerate(values):
+                rows.append(dict(task_set=ts, seed=seed, miou=v, pixel_acc=0.9, mean_acc=0.5, cross_miou=0.3))
+        return rows
+
+    close = findings(aggregate(cells([0.50, 0.52, 0.54], [0.51, 0.53, 0.55]), ("seg", "seg+pose")))
+    assert any(line.startswith("No significant difference") for line in close)
+    apart = findings(aggregate(cells([0.50, 0.52, 0.54], [0.70, 0.72, 0.74]), ("seg", "seg+pose")))
+    assert any("{seg, pose} is significantly better than {seg} on in-domain mIoU" in line for line in apart)
+    assert not any(line.startswith("No significant difference") for line in apart)
+    one_seed = findings(aggregate(cells([0.5], [0.7]), ("seg", "seg+pose")))
+    assert any("cannot be judged with a single seed" in line for line in one_seed)
