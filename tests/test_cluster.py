@@ -110,13 +110,13 @@ def started_worker_pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"\(ip=[^,]+, pid=(\d+)\) world_rank=\d+", output)]
 
 
-def latest_checkpoint_epoch(shared: Path) -> int | None:
+def latest_checkpoint_epoch(shared: Path, run_name: str = "node-loss") -> int | None:
     """The epoch of the run's latest checkpoint as Ray Train committed it (what a resume starts from).
 
     A checkpoint directory exists as soon as the workers upload it, but it only counts once the
     controller has registered it in the run's checkpoint_manager_snapshot.json.
     """
-    for snapshot in shared.glob("ray_results/node-loss-*/checkpoint_manager_snapshot.json"):
+    for snapshot in shared.glob(f"ray_results/{run_name}-*/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
         except (OSError, json.JSONDecodeError):  # being rewritten
@@ -285,6 +285,58 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     )
     report = json.loads((project / "reports" / "train.json").read_text())
     assert report["epochs"] == 4 and Path(report["storage_path"]) / report["run_name"] == run_dir
+
+
+def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
+    ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
+) -> None:
+    # max_failures=1 (the default): the run waits for room for its worker group, then continues.
+    run_name = "node-back"
+    project = make_project(
+        tmp_path,
+        prepared_tiny,
+        [
+            "train.epochs=4",
+            "train.max_failures=1",
+            f"train.run_name={run_name}",
+            "mlflow.experiment=spd-cluster",
+        ],
+    )
+    shared = tmp_path / "shared"
+    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+
+    with (tmp_path / "train.log").open("w+") as out:
+        train = subprocess.Popen(
+            ["bash", "-c", TRAIN],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 400
+            while latest_checkpoint_epoch(shared, run_name) is None:
+                assert train.poll() is None, "training ended before its first checkpoint"
+                assert time.monotonic() < deadline, "no checkpoint within 400 s"
+                time.sleep(0.2)
+            ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
+            done = latest_checkpoint_epoch(shared, run_name)
+            ray_cluster.script(UP.split(" ", 1)[1])  # the lost machine is back
+            rc = train.wait(timeout=400)
+        finally:
+            if train.poll() is None:
+                os.killpg(train.pid, signal.SIGKILL)
+        out.seek(0)
+        output = out.read()
+
+    assert rc == 0, f"training did not continue on the returned node:\n{output[-3000:]}"
+    groups = output.split("Started training worker group of size 2")
+    assert len(groups) == 3, f"expected a first and a replacement worker group:\n{output[-3000:]}"
+    after = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/4", groups[2])]
+    assert done is not None and after and after[0] == done + 1 and after[-1] == 4, (
+        f"continued at {after}, last checkpoint {done}"
+    )
 
 
 if __name__ == "__main__":
