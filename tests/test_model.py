@@ -21,8 +21,9 @@ EXPECTED_KEYS = {
 }
 
 
-def _expected_shapes(tasks, b, k, h, w):
-    shapes = {"seg_init": (b, k, h, w), "seg": (b, k, h, w)}
+def _expected_shapes(tasks, b, k, height, width):
+    h, w = -(-height // 8), -(-width // 8)  # heads at stride 8; refined segmentation at stride 4
+    shapes = {"seg_init": (b, k, h, w), "seg": (b, k, -(-height // 4), -(-width // 4))}
     if "pose" in tasks:
         shapes |= {"pose_init": (b, 16, h, w), "pose": (b, 16, h, w)}
     if "densepose" in tasks:
@@ -42,17 +43,17 @@ def test_forward_shapes_every_backbone_and_task_set(torch_threads, backbone, tas
     model = build_model(ModelConfig(backbone=backbone, tasks=tasks, head_channels=32), num_classes=20).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, size, size - 8))
-    h, w = -(-size // 8), -(-(size - 8) // 8)
-    assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(tasks, 1, 20, h, w)
+    assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(tasks, 1, 20, size, size - 8)
     assert set(out) == set().union(*(EXPECTED_KEYS[t] for t in tasks))  # disabled heads give nothing
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
-def test_output_stride_16_still_returns_stride_8_maps_and_atr_classes(torch_threads, output_stride):
+def test_output_stride_16_still_returns_the_same_map_sizes_and_atr_classes(torch_threads, output_stride):
     model = build_model(ModelConfig(output_stride=output_stride, head_channels=32), num_classes=18).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 72, 100))
-    assert out["seg"].shape == (2, 18, 9, 13)
+    assert out["seg"].shape == (2, 18, 18, 25)
+    assert out["seg_init"].shape == (2, 18, 9, 13)
     assert out["dp_u"].min() >= 0 and out["dp_u"].max() <= 1  # U, V live in [0, 1]
 
 

@@ -22,6 +22,7 @@ _CHANNELS = {  # (layer3, layer4) output channels
     "resnet50": (1024, 2048),
     "resnet101": (1024, 2048),
 }
+_LOW_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}  # layer1
 
 
 def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous_dilation: int) -> None:
@@ -41,7 +42,8 @@ def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous_dilation: 
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet stem + layer1..4; forward returns {'layer3', 'layer4'} at stride 8 (OS 8) or 8/16 (OS 16).
+    """ResNet stem + layer1..4; forward returns {'layer1'} at stride 4 (the segmentation decoder's
+    low-level detail) and {'layer3', 'layer4'} at stride 8 (OS 8) or 8/16 (OS 16).
 
     Submodule names match torchvision's (conv1, bn1, layer1..4) so its state dicts load directly.
     """
@@ -74,6 +76,7 @@ class ResNetBackbone(nn.Module):
         self.name = name
         self.output_stride = output_stride
         self.channels = _CHANNELS[name]
+        self.low_channels = _LOW_CHANNELS[name]
         self.freeze_bn = freeze_bn
         if pretrained:
             self.load_torchvision_weights(pretrained)
@@ -115,7 +118,7 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer2(self.layer1(x))  # (B, C2, H/8, W/8)
-        c3 = self.layer3(x)  # (B, C3, H/8 or H/16, ...)
+        c1 = self.layer1(x)  # (B, C1, H/4, W/4)
+        c3 = self.layer3(self.layer2(c1))  # (B, C3, H/8 or H/16, ...)
         c4 = self.layer4(c3)  # (B, C4, H/8 or H/16, ...)
-        return {"layer3": c3, "layer4": c4}
+        return {"layer1": c1, "layer3": c3, "layer4": c4}

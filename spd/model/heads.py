@@ -1,7 +1,9 @@
 """Task heads, each an initial estimate plus (for seg and pose) one refinement stage (JPPNet manner).
 
 All heads work at stride 8 on `head_channels` (C) features; the refinement stages concatenate their
-own features with 1x1-remapped outputs of the other branches.
+own features with 1x1-remapped outputs of the other branches. The refined segmentation is decoded
+to stride 4 with the backbone's layer1 features (as CE2P / DeepLabV3+ do): at the default 128 px a
+stride-8 map is 16x16 and gloves, shoes or sunglasses, a few pixels wide, vanish in it.
 """
 
 from __future__ import annotations
@@ -54,15 +56,20 @@ class Remap(nn.Module):
 
 
 class SegHead(nn.Module):
-    """Segmentation: context module -> initial logits; refinement sees remapped pose / DensePose maps."""
+    """Segmentation: context module -> initial logits; refinement sees remapped pose / DensePose maps
+    and is decoded to stride 4 with low-level (layer1) features."""
 
-    def __init__(self, cin: int, channels: int, num_classes: int, context_in: dict[str, int]) -> None:
+    def __init__(
+        self, cin: int, channels: int, num_classes: int, context_in: dict[str, int], low_in: int
+    ) -> None:
         super().__init__()
         self.context = AtrousContext(cin, channels)
         self.init_logits = nn.Conv2d(channels, num_classes, 1)
         self.remaps = nn.ModuleDict({k: Remap(c, channels // 2) for k, c in context_in.items()})
         cat = channels + num_classes + (channels // 2) * len(context_in)
         self.refine = nn.Sequential(conv_bn_relu(cat, channels), conv_bn_relu(channels, channels))
+        self.low = conv_bn_relu(low_in, 48, k=1)
+        self.decode = nn.Sequential(conv_bn_relu(channels + 48, channels), conv_bn_relu(channels, channels))
         self.logits = nn.Conv2d(channels, num_classes, 1)
 
     def initial(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +77,17 @@ class SegHead(nn.Module):
         return feat, self.init_logits(feat)  # (B, K, h, w)
 
     def refined(
-        self, feat: torch.Tensor, init: torch.Tensor, context: dict[str, torch.Tensor]
+        self,
+        feat: torch.Tensor,
+        init: torch.Tensor,
+        context: dict[str, torch.Tensor],
+        low: torch.Tensor,
     ) -> torch.Tensor:
         parts = [feat, init] + [self.remaps[k](context[k]) for k in self.remaps]
-        return self.logits(self.refine(torch.cat(parts, dim=1)))  # (B, K, h, w)
+        refined = self.refine(torch.cat(parts, dim=1))  # (B, C, h, w) at stride 8
+        low = self.low(low)  # (B, 48, 2h, 2w) at stride 4
+        up = resize_to(refined, tuple(low.shape[-2:]))
+        return self.logits(self.decode(torch.cat([up, low], dim=1)))  # (B, K, 2h, 2w)
 
 
 class PoseHead(nn.Module):

@@ -25,7 +25,8 @@ class SPDNet(nn.Module):
     """Shared dilated ResNet + segmentation (always), pose and DensePose heads (per `tasks`).
 
     forward(x (B, 3, H, W)) -> dict at head resolution (h, w) = (ceil(H/8), ceil(W/8)):
-      seg_init, seg (B, K, h, w); pose_init, pose (B, 16, h, w);
+      seg_init (B, K, h, w); seg (B, K, ceil(H/4), ceil(W/4)) — decoded to stride 4;
+      pose_init, pose (B, 16, h, w);
       dp_index (B, 25, h, w); dp_u, dp_v (B, 24, h, w) in [0, 1]. Keys of disabled tasks are absent.
     With output stride 16 the backbone features are upsampled to stride 8 before the heads.
     """
@@ -53,7 +54,7 @@ class SPDNet(nn.Module):
         if "densepose" in tasks:
             self.dp_head = DensePoseHead(ch, ch, NUM_DP_PARTS)
             context_in["densepose"] = (NUM_DP_PARTS + 1) + 2 * NUM_DP_PARTS
-        self.seg_head = SegHead(c4, ch, num_classes, context_in)
+        self.seg_head = SegHead(c4, ch, num_classes, context_in, self.backbone.low_channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         H, W = x.shape[-2:]
@@ -75,7 +76,7 @@ class SPDNet(nn.Module):
             dp = self.dp_head(shared)
             out.update(dp)
             context["densepose"] = torch.cat([dp["dp_index"], dp["dp_u"], dp["dp_v"]], dim=1)
-        out["seg"] = self.seg_head.refined(seg_feat, seg_init, context)
+        out["seg"] = self.seg_head.refined(seg_feat, seg_init, context, feats["layer1"])
         return out
 
 
