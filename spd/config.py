@@ -99,7 +99,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 16  # global: split evenly across Ray workers
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 2e-3
