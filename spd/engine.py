@@ -56,6 +56,19 @@ def to_device(batch: Mapping, device: torch.device) -> dict:
     }
 
 
+def _forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> dict[str, torch.Tensor]:
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(device, autocast_dtype):
+        return model(x)
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -80,11 +93,7 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, raw in enumerate(loader):
         batch = to_device(raw, device)
-        x = batch["image"]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, autocast_dtype):
-            outputs = model(x)
+        outputs = _forward(model, batch["image"], device, autocast_dtype, channels_last)
         loss, components = criterion(outputs, batch)  # losses run in fp32 on upcast outputs
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
@@ -97,7 +106,7 @@ def train_one_epoch(
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1
-        images += x.shape[0]
+        images += batch["image"].shape[0]
         if on_step is not None:
             on_step(step, values)
     elapsed = time.perf_counter() - start
@@ -138,10 +147,7 @@ def evaluate(
     for raw in loader:
         batch = to_device(raw, device)
         x = batch["image"]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, autocast_dtype):
-            outputs = model(x)
+        outputs = _forward(model, x, device, autocast_dtype, channels_last)
         size = tuple(batch["parsing"].shape[-2:])
         pred = upsample(outputs["seg"], size).argmax(1)  # (B, H, W)
         conf.update(batch["parsing"], pred)
