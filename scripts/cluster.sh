@@ -166,7 +166,9 @@ cmd_up() {
     fi
     if ! node_running worker; then
         stop_nodes worker
-        start_node worker --address "$(cat "$STATE_DIR/address")" \
+        # explicit: a caller that runs a loopback-only local Ray (the test session) exports =0,
+        # which would make `ray start` refuse to join a multi-node cluster
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 start_node worker --address "$(cat "$STATE_DIR/address")" \
             --num-cpus "$WORKER_CPUS" --resources '{"spd_worker": 1}'
     fi
     echo "export RAY_ADDRESS=$(cat "$STATE_DIR/address")"
