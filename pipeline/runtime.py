@@ -9,11 +9,13 @@ inside the functions so importing this module is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +52,30 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def loopback_only() -> None:
-    """Make a single-node Ray keep 127.0.0.1 as its address (and so listen on loopback only).
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around `ray.init` of a single-node Ray: keep 127.0.0.1 as its address (loopback only).
 
     Given `_node_ip_address="127.0.0.1"`, Ray still swaps loopback for the machine's routable
-    address unless its "no multi-node clusters" mode is on. That mode is what we want for a local
-    instance: the flag is read at import time, so set both the variable (for child processes) and
-    the already-imported constant.
+    address unless its "no multi-node clusters" mode is on. The flag is read at import time, so set
+    the already-imported constant, and the variable for the processes `ray.init` spawns — only for
+    them: a later subprocess that joins a real multi-node cluster must not inherit it.
     """
     import ray._private.ray_constants as ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    old = os.environ.get(_RAY_CLUSTER_FLAG)
+    os.environ[_RAY_CLUSTER_FLAG] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_RAY_CLUSTER_FLAG, None)
+        else:
+            os.environ[_RAY_CLUSTER_FLAG] = old
+
+
+_RAY_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -76,13 +90,13 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            loopback_only()
-            ray.init(
-                num_cpus=cfg.num_cpus,
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                configure_logging=False,
-            )
+            with loopback_only():
+                ray.init(
+                    num_cpus=cfg.num_cpus,
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    configure_logging=False,
+                )
     except (ConnectionError, TimeoutError, RuntimeError) as e:
         where = f"the Ray cluster at {address} (ray.address / $RAY_ADDRESS)" if address else "a local Ray"
         raise SpdError(f"cannot start or join {where}: {e}") from None
