@@ -568,6 +568,10 @@ def _fault_hook(marker: str | None, at_step: int) -> Any:
             path.write_text(f"worker pid {os.getpid()} killed by train.fault_at_epoch\n")
             sys.stdout.write(f"[spd train] fault hook: worker pid {os.getpid()} exits mid-epoch\n")
             sys.stdout.flush()
+            # Ray's controller registers the previous epoch's checkpoint asynchronously; a crash
+            # before that resumes one checkpoint earlier (correct, but the hook is for tests, which
+            # need one outcome), so give the registration time on a loaded machine.
+            time.sleep(10)
             os._exit(1)
 
     return hook
