@@ -122,7 +122,7 @@ def test_accumulators_sum_across_processes(tmp_path):
     single.update(gts, preds)
     out = tmp_path / "reduced.pt"
     mp.spawn(_reduce_worker, args=(str(tmp_path), gts, preds), nprocs=2, join=True)
-    assert torch.equal(torch.load(out), single.mat)
+    assert torch.equal(torch.load(out, weights_only=True), single.mat)
 
 
 def _reduce_worker(rank: int, tmp: str, gts: np.ndarray, preds: np.ndarray) -> None:
