@@ -58,24 +58,15 @@ def loopback_only() -> Iterator[None]:
 
     Given `_node_ip_address="127.0.0.1"`, Ray still swaps loopback for the machine's routable
     address unless its "no multi-node clusters" mode is on. The flag is read at import time, so set
-    the already-imported constant, and the variable for the processes `ray.init` spawns — only for
-    them: a later subprocess that joins a real multi-node cluster must not inherit it.
+    the already-imported constant and the variable. The variable stays set: processes started
+    later that join this Ray at "127.0.0.1:<port>" (`spd` subprocesses in tests) must resolve
+    loopback the same way, or they knock at the routable address where nothing listens.
     """
     import ray._private.ray_constants as ray_constants
 
-    old = os.environ.get(_RAY_CLUSTER_FLAG)
-    os.environ[_RAY_CLUSTER_FLAG] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(_RAY_CLUSTER_FLAG, None)
-        else:
-            os.environ[_RAY_CLUSTER_FLAG] = old
-
-
-_RAY_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    yield
 
 
 def init_ray(cfg: RayConfig) -> None:
