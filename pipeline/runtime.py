@@ -9,13 +9,11 @@ inside the functions so importing this module is cheap.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +50,8 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """Around `ray.init` of a single-node Ray: keep 127.0.0.1 as its address (loopback only).
+def loopback_only() -> None:
+    """Before `ray.init` of a single-node Ray: keep 127.0.0.1 as its address (loopback only).
 
     Given `_node_ip_address="127.0.0.1"`, Ray still swaps loopback for the machine's routable
     address unless its "no multi-node clusters" mode is on. The flag is read at import time, so set
@@ -66,7 +63,6 @@ def loopback_only() -> Iterator[None]:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    yield
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -81,13 +77,13 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            with loopback_only():
-                ray.init(
-                    num_cpus=cfg.num_cpus,
-                    _node_ip_address="127.0.0.1",
-                    include_dashboard=False,
-                    configure_logging=False,
-                )
+            loopback_only()
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                configure_logging=False,
+            )
     except (ConnectionError, TimeoutError, RuntimeError) as e:
         where = f"the Ray cluster at {address} (ray.address / $RAY_ADDRESS)" if address else "a local Ray"
         raise SpdError(f"cannot start or join {where}: {e}") from None
