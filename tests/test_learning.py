@@ -4,9 +4,10 @@ The score is the training-set mIoU at full label resolution over the classes pre
 images (`miou_present`): SCHP's mIoU averages over all 20 classes, and 8 small images never
 contain all of them, so an absent class would count as IoU 0 however well the network learns.
 
-The bar is 0.75 within 200 steps (from ~0.15 after the first 25), not issue 3's 0.9: measured on
-2 idle cores, every task set passes 0.75 by step ~125 and flattens at ~0.83 by step 200 at 64 px,
-where gloves and sunglasses are 2-4 px wide; a longer run costs minutes per task set.
+Issue 3's bar: train mIoU >= 0.9 within a few hundred steps, at the default profile's 128 px (at
+64 px gloves and sunglasses are 1-2 px wide and the stride-4 logits cannot draw them). Measured
+on 2 idle cores with {seg, pose} and the default heads: 0.76 after 100 steps, 0.91 after 200, 0.93
+after 300 of the 300-step poly schedule; about a minute per task set, stopping at the bar.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from spd.losses import SPDLoss
 from spd.model import build_model
 from tests.fixtures.model import make_batch
 
-SIZE, STEPS, CHECK_EVERY, TARGET = 64, 200, 25, 0.75
+SIZE, STEPS, CHECK_EVERY, TARGET = 128, 300, 25, 0.9
 
 
 @pytest.mark.slow
@@ -30,7 +31,7 @@ SIZE, STEPS, CHECK_EVERY, TARGET = 64, 200, 25, 0.75
 def test_resnet18_spd_overfits_eight_synthetic_images(torch_threads, tasks):
     torch.manual_seed(0)
     batch = make_batch(8, SIZE, seed=0)
-    model = build_model(ModelConfig(backbone="resnet18", tasks=tasks, head_channels=64), 20)
+    model = build_model(ModelConfig(backbone="resnet18", tasks=tasks), 20)
     model = model.to(memory_format=torch.channels_last)
     criterion = SPDLoss(tasks, LossConfig())
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.0))
