@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,37 @@ def latest_checkpoint_epoch(shared: Path, run_name: str = "node-loss") -> int | 
         if latest:
             return int(latest["checkpoint_dir_name"].split("_")[1])
     return None
+
+
+def train_through_node_loss(
+    project: Path, env: dict[str, str], log: Path, shared: Path, run_name: str, during_run: Callable[[], None]
+) -> tuple[int, str, int | None]:
+    """Start `spd train` in the background, call `during_run` once its first checkpoint is registered
+    (kill the worker node, ...), wait for the training to end -> (exit code, output, the latest
+    checkpoint's epoch right after `during_run`)."""
+    with log.open("w+") as out:
+        train = subprocess.Popen(
+            ["bash", "-c", TRAIN],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as a whole if the test fails
+        )
+        try:
+            deadline = time.monotonic() + 400
+            while latest_checkpoint_epoch(shared, run_name) is None:
+                assert train.poll() is None, "training ended before its first checkpoint"
+                assert time.monotonic() < deadline, "no checkpoint within 400 s"
+                time.sleep(0.2)
+            during_run()
+            done = latest_checkpoint_epoch(shared, run_name)
+            rc = train.wait(timeout=400)
+        finally:
+            if train.poll() is None:
+                os.killpg(train.pid, signal.SIGKILL)
+        out.seek(0)
+        return rc, out.read(), done
 
 
 def test_cluster_readme_shows_the_commands_the_tests_run() -> None:
@@ -246,28 +278,14 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
     log = tmp_path / "commands.log"
 
-    with (tmp_path / "first_attempt.log").open("w+") as out:
-        first = subprocess.Popen(
-            ["bash", "-c", TRAIN],
-            cwd=project,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed as a whole if the test fails
-        )
-        try:
-            deadline = time.monotonic() + 400
-            while latest_checkpoint_epoch(shared) is None:
-                assert first.poll() is None, "training ended before its first checkpoint"
-                assert time.monotonic() < deadline, "no checkpoint within 400 s"
-                time.sleep(0.2)
-            ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
-            rc = first.wait(timeout=300)
-        finally:
-            if first.poll() is None:
-                os.killpg(first.pid, signal.SIGKILL)
-        out.seek(0)
-        first_output = out.read()
+    rc, first_output, _ = train_through_node_loss(
+        project,
+        env,
+        tmp_path / "first_attempt.log",
+        shared,
+        "node-loss",
+        lambda: ray_cluster.script(KILL_WORKER.split(" ", 1)[1]),
+    )
 
     assert rc != 0, f"training survived the loss of a node it needed:\n{first_output[-3000:]}"
     message = [ln for ln in first_output.splitlines() if ln.startswith("spd train: error:")]
@@ -305,30 +323,13 @@ def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
     shared = tmp_path / "shared"
     env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
 
-    with (tmp_path / "train.log").open("w+") as out:
-        train = subprocess.Popen(
-            ["bash", "-c", TRAIN],
-            cwd=project,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 400
-            while latest_checkpoint_epoch(shared, run_name) is None:
-                assert train.poll() is None, "training ended before its first checkpoint"
-                assert time.monotonic() < deadline, "no checkpoint within 400 s"
-                time.sleep(0.2)
-            ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
-            done = latest_checkpoint_epoch(shared, run_name)
-            ray_cluster.script(UP.split(" ", 1)[1])  # the lost machine is back
-            rc = train.wait(timeout=400)
-        finally:
-            if train.poll() is None:
-                os.killpg(train.pid, signal.SIGKILL)
-        out.seek(0)
-        output = out.read()
+    def lose_a_node_and_bring_it_back() -> None:
+        ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
+        ray_cluster.script(UP.split(" ", 1)[1])  # the lost machine is back
+
+    rc, output, done = train_through_node_loss(
+        project, env, tmp_path / "train.log", shared, run_name, lose_a_node_and_bring_it_back
+    )
 
     assert rc == 0, f"training did not continue on the returned node:\n{output[-3000:]}"
     groups = output.split("Started training worker group of size 2")
