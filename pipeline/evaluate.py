@@ -117,7 +117,7 @@ def evaluate_cross(predictor: Any, split: Any, batch_size: int) -> dict[str, Any
     model_lut, data_lut = coarse_lut(predictor.label_set), coarse_lut(split.label_set)
     conf = ConfusionMatrix(len(COARSE_GROUPS))
     for idx in _batches(len(split), batch_size):
-        preds = predictor.predict_batch([np.array(split.images[i]) for i in idx])
+        preds = predictor.predict_batch([np.array(split.images[i]) for i in idx], iuv=False)
         pred = model_lut[np.stack([p.labels for p in preds])]
         target = data_lut[np.array(split.parsing[idx.start : idx.stop])]
         target[pred == IGNORE] = IGNORE  # a model class without a group is not scored (none for LIP)

@@ -184,7 +184,7 @@ class SpdSegmenter(mlflow.pyfunc.PythonModel):
         self.predictor.flip_tta = flip_tta
         maps = []
         for i in range(0, len(images), PREDICT_CHUNK):
-            maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK])]
+            maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK], iuv=False)]
         if form == "single":
             return maps[0]
         if form == "stack":

@@ -136,11 +136,13 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray) -> Prediction:
-        return self.predict_batch([image])[0]
+    def predict(self, image: np.ndarray, *, iuv: bool = True) -> Prediction:
+        return self.predict_batch([image], iuv=iuv)[0]
 
     @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+    def predict_batch(self, images: list[np.ndarray], *, iuv: bool = True) -> list[Prediction]:
+        """Predictions at each input's own size. iuv=False skips the DensePose maps (`iuv` None):
+        upsampling their 73 channels to a large photo costs far more than the labels."""
         rgbs = [to_rgb_uint8(im) for im in images]
         if not rgbs:
             return []
@@ -150,7 +152,7 @@ class Predictor:
         out = self._forward(x)
         preds = []
         for i, (rgb, t) in enumerate(zip(rgbs, transforms)):
-            preds.append(self._to_input(out, i, rgb.shape[0], rgb.shape[1], t))
+            preds.append(self._to_input(out, i, rgb.shape[0], rgb.shape[1], t, iuv))
         return preds
 
     def _crop(self, maps: torch.Tensor, t: Letterbox) -> torch.Tensor:
@@ -160,7 +162,9 @@ class Predictor:
         full = F.interpolate(maps[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         return full[:, py : py + nh, px : px + nw]
 
-    def _to_input(self, out: dict, i: int, height: int, width: int, t: Letterbox) -> Prediction:
+    def _to_input(
+        self, out: dict, i: int, height: int, width: int, t: Letterbox, with_iuv: bool
+    ) -> Prediction:
         H, W = height, width  # noqa: N806
         labels = np.empty((H, W), np.uint8)
         for r0, band in _upsample_rows(self._crop(out["seg"][i], t), H, W):
@@ -174,7 +178,7 @@ class Predictor:
             xy[:, 1] = np.clip(xy[:, 1], 0, H - 1)
             joints = np.concatenate([xy, j[:, 2:]], axis=1).astype(np.float32)
         iuv = None
-        if "dp_index" in out:
+        if with_iuv and "dp_index" in out:
             iuv = np.zeros((H, W, 3), np.uint8)
             stacked = torch.cat([out["dp_index"][i], out["dp_u"][i], out["dp_v"][i]], dim=0)
             parts = out["dp_u"].shape[1]
