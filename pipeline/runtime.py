@@ -78,10 +78,13 @@ def init_ray(cfg: RayConfig) -> None:
             ray.init(address=address, configure_logging=False)
         else:
             loopback_only()
+            # The dashboard serves Ray's state API, which Ray Train's PlacementGroupCleaner polls
+            # to free a dead run's reservation; without it that actor warns every second.
             ray.init(
                 num_cpus=cfg.num_cpus,
                 _node_ip_address="127.0.0.1",
-                include_dashboard=False,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
                 configure_logging=False,
             )
     except (ConnectionError, TimeoutError, RuntimeError) as e:
