@@ -51,13 +51,13 @@ def test_any_size_and_mode_gives_outputs_at_the_input_size(predictor_all_tasks, 
     assert (p.joints[:, 1] >= 0).all() and (p.joints[:, 1] <= h - 1).all()
 
 
-
 def test_labels_only_prediction_skips_iuv_and_gives_the_same_labels(predictor_all_tasks):
     image = np.random.default_rng(3).integers(0, 255, (90, 70, 3), dtype=np.uint8)
     full, labels_only = predictor_all_tasks.predict(image), predictor_all_tasks.predict(image, iuv=False)
     assert labels_only.iuv is None and full.iuv is not None
     np.testing.assert_array_equal(labels_only.labels, full.labels)
     np.testing.assert_array_equal(labels_only.joints, full.joints)
+
 
 def test_batch_equals_single_predictions(predictor_all_tasks):
     rng = np.random.default_rng(0)
