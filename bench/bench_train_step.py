@@ -1,12 +1,12 @@
-"""Training-step throughput and model FLOP/s of the SPD network, next to the machine's peak matmul.
+"""Training-step throughput and model FLOP/s of the SPD network, next to the machine's measured peak.
 
     python bench/bench_train_step.py                       # full sweep (slow on a 2-core CPU)
     python bench/bench_train_step.py --backbones resnet18 --sizes 128 --steps 3
 
 For every (backbone, image size, precision) it times a full step (forward, SPDLoss, backward,
 AdamW) on a random batch with all three tasks, counts the step's FLOPs with
-torch.utils.flop_counter, and reports images/s, achieved FLOP/s and the ratio to the peak matmul
-FLOP/s measured in the same run for that precision. Writes bench/results/train_step.json.
+torch.utils.flop_counter, and reports images/s, achieved FLOP/s and the ratio to the peak FLOP/s
+measured in the same run for that precision. Writes bench/results/train_step.json.
 
 "Peak" is the faster of two dense kernels timed in the same run: a square matmul and a large 3x3
 convolution (256 -> 256 channels, 32x32, batch 16) in the step's precision and memory layout. On
@@ -20,6 +20,7 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,16 +36,21 @@ from spd.model import build_model  # noqa: E402
 PRECISIONS = {"fp32": (None, False), "bf16": (torch.bfloat16, True)}  # (autocast dtype, channels_last)
 
 
+def _calls_per_second(call: Callable[[], torch.Tensor], seconds: float) -> float:
+    """Run `call` for about `seconds` after one warm-up; reading a result waits for the device."""
+    call().sum().item()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        out = call()
+        reps += 1
+    out.sum().item()
+    return reps / (time.perf_counter() - start)
+
+
 def peak_matmul_flops(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    (a @ b).sum().item()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        c = a @ b
-        reps += 1
-    c.sum().item()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    return 2 * n**3 * _calls_per_second(lambda: a @ b, seconds)
 
 
 def peak_conv_flops(
@@ -54,18 +60,11 @@ def peak_conv_flops(
     x = torch.randn(16, 256, 32, 32, device=device)
     if channels_last:
         conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    flops_per_call = 2 * 16 * 256 * 256 * 9 * 32 * 32
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
     ):
-        conv(x).sum().item()
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            y = conv(x)
-            reps += 1
-        y.sum().item()
-    return flops_per_call * reps / (time.perf_counter() - start)
+        return 2 * 16 * 256 * 256 * 9 * 32 * 32 * _calls_per_second(lambda: conv(x), seconds)
 
 
 def random_batch(
