@@ -87,6 +87,7 @@ class LossConfig:
     from_tuning: bool = False  # take λp, λd from tuning/best_params.yaml (written by `spd tune`)
     tuning_file: str = "tuning/best_params.yaml"
     heatmap_sigma: float = 1.5  # Gaussian σ of joint heatmaps, in head-resolution pixels
+    seg_lovasz: float = 0.0  # weight of the Lovász-softmax term added to the refined seg CE (SCHP)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    lr_schedule: Literal["poly", "cosine"] = "poly"  # decay after warm-up, stepped every batch
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr over this many epochs (may be fractional)
     seed: int = 0
     bf16: bool = True  # autocast where the device supports it
     channels_last: bool = True
@@ -236,12 +239,14 @@ _RULES: list[tuple[str, Any, str]] = [
     ("loss.lambda_pose", _non_negative, "a number >= 0"),
     ("loss.lambda_densepose", _non_negative, "a number >= 0"),
     ("loss.heatmap_sigma", _positive, "a positive number"),
+    ("loss.seg_lovasz", _non_negative, "a number >= 0"),
     ("train.epochs", _positive, "a positive integer"),
     ("train.batch_size", _positive, "a positive integer"),
     ("train.lr", _positive, "a positive number"),
     ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("train.weight_decay", _non_negative, "a number >= 0"),
     ("train.poly_power", _non_negative, "a number >= 0"),
+    ("train.warmup_epochs", _non_negative, "a number >= 0"),
     ("train.augment.scale_min", _positive, "a positive number"),
     ("train.augment.scale_max", _positive, "a positive number"),
     ("train.augment.rotate_deg", lambda v: 0 <= v <= 180, "a number in [0, 180]"),

@@ -44,6 +44,28 @@ def poly_lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1.0 - min(it, total) / total) ** power)
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_iters: int, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `cfg.warmup_epochs`, then poly or cosine decay to 0 at `total_iters`.
+
+    Stepped every batch. From random init a warm-up lets a higher peak lr through the first
+    steps without BatchNorm statistics and Adam moments blowing up.
+    """
+    total = max(1, int(total_iters))
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * iters_per_epoch)))
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / (warmup + 1)
+        progress = min(it - warmup, total - warmup) / max(1, total - warmup)  # 0 -> 1 after warm-up
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return (1.0 - progress) ** cfg.poly_power
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()

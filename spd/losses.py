@@ -30,8 +30,42 @@ def _ce_sum(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return loss, (target != IGNORE).sum()
 
 
+def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovász-softmax (Berman et al. 2018): a convex surrogate of 1 - IoU, averaged over the classes
+    present in the batch. probs (B, K, H, W) softmax, target (B, H, W) with IGNORE pixels left out.
+
+    CE rewards the frequent classes' pixels; this term weighs every class's IoU equally, which is
+    what mIoU scores, so thin and rare parts (gloves, shoes, the left/right limbs) get their share.
+    """
+    K = probs.shape[1]
+    probs = probs.permute(0, 2, 3, 1).reshape(-1, K)  # (N, K)
+    target = target.reshape(-1)
+    keep = target != IGNORE
+    probs, target = probs[keep], target[keep]
+    losses = []
+    for k in torch.unique(target):
+        fg = (target == k).float()  # (N,)
+        errors = (fg - probs[:, k]).abs()
+        errors, order = torch.sort(errors, descending=True)
+        fg = fg[order]
+        gts = fg.sum()
+        intersection = gts - fg.cumsum(0)
+        union = gts + (1.0 - fg).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]  # gradient of the Lovász extension
+        losses.append(torch.dot(errors, jaccard))
+    if not losses:
+        return probs.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
 class SegLoss(nn.Module):
-    """Cross-entropy (ignore 255) on initial and refined logits, upsampled to the label size."""
+    """Cross-entropy (ignore 255) on initial and refined logits, upsampled to the label size, plus
+    `lovasz` x Lovász-softmax on the refined logits (0: CE only)."""
+
+    def __init__(self, lovasz: float = 0.0) -> None:
+        super().__init__()
+        self.lovasz = lovasz
 
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> Components:
         target = batch["parsing"]  # (B, H, W) int64
@@ -41,7 +75,10 @@ class SegLoss(nn.Module):
             logits = F.interpolate(outputs[key].float(), size=size, mode="bilinear", align_corners=False)
             total, count = _ce_sum(logits, target)
             parts[key] = _masked_mean(total, count)
-        return {"loss": parts["seg_init"] + parts["seg"], "seg_init": parts["seg_init"], "seg": parts["seg"]}
+            if key == "seg" and self.lovasz > 0:
+                parts["seg_lovasz"] = lovasz_softmax(logits.softmax(1), target)
+        loss = parts["seg_init"] + parts["seg"] + self.lovasz * parts.get("seg_lovasz", 0.0)
+        return {"loss": loss, **parts}
 
 
 class PoseLoss(nn.Module):
@@ -132,11 +169,13 @@ class SPDLoss(nn.Module):
                 "densepose": lambdas.lambda_densepose,
             }
             sigma = lambdas.heatmap_sigma if heatmap_sigma is None else heatmap_sigma
+            lovasz = lambdas.seg_lovasz
         else:
             weights = {"seg": 1.0, "pose": 1.0, "densepose": 1.0, **dict(lambdas)}
             sigma = 1.5 if heatmap_sigma is None else heatmap_sigma
+            lovasz = 0.0
         self.lambdas = {t: float(weights[t]) for t in self.tasks}
-        self.seg = SegLoss()
+        self.seg = SegLoss(lovasz)
         self.pose = PoseLoss(sigma) if "pose" in self.tasks else None
         self.densepose = DensePoseLoss() if "densepose" in self.tasks else None
 
