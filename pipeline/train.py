@@ -36,7 +36,7 @@ from spd.errors import SpdError
 # Per-epoch metrics reported to Ray (and Tune), logged to MLflow and written to the history CSV.
 TRAIN_KEYS = ("train_loss", "train_loss_seg", "train_loss_pose", "train_loss_densepose")
 VAL_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "val_pckh", "val_dp_miou", "val_dp_uv_error")
-HISTORY_COLUMNS = ("epoch", *TRAIN_KEYS, "lr", "images_per_s", *VAL_KEYS)
+HISTORY_COLUMNS = ("epoch", *TRAIN_KEYS, "lr", "images_per_s", "train_tflop", *VAL_KEYS)
 SCORE_KEY = "val_miou"
 STATE_FILE = "state.pt"
 FAULT_MARKER = "fault_injected"  # under the run's storage dir: the fault hook fires once per run
@@ -314,6 +314,7 @@ def run_training(
             "storage_path": storage,
             "mlflow_run_id": run_id,
             "epochs": int(final.get("epoch", 0)),
+            "train_tflop": final.get("train_tflop"),
             "images_per_s": _mean([r["images_per_s"] for r in history if "images_per_s" in r]),
             "final": {k: v for k, v in final.items() if k != "epoch"},
             "best": best,
@@ -360,7 +361,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from spd.data.dataset import SPDDataset
     from spd.data.packed import PackedSplit
-    from spd.engine import build_optimizer, evaluate, poly_lr_scheduler, train_one_epoch
+    from spd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+    from spd.flops import train_flops_per_image
     from spd.losses import SPDLoss
     from spd.model import build_model
 
@@ -405,7 +407,11 @@ def train_loop_per_worker(config: dict) -> None:
     net = model.module if hasattr(model, "module") else model
     loss_fn = SPDLoss.from_config(params.model.tasks, params.loss)
     optimizer = build_optimizer(net, t)
-    scheduler = poly_lr_scheduler(optimizer, t.epochs * len(train_loader), t.poly_power)
+    scheduler = build_scheduler(optimizer, t, t.epochs * len(train_loader), len(train_loader))
+    # training compute, the yardstick recipes are compared at: FLOPs of this worker's step x workers
+    probe = next(iter(DataLoader(train_ds, batch_size=per_worker_batch)))
+    images_per_epoch = len(train_loader) * per_worker_batch * world
+    tflop_per_epoch = train_flops_per_image(net, loss_fn, probe) * images_per_epoch / 1e12
 
     history: list[dict[str, float]] = []
     start_epoch = 1
@@ -454,6 +460,7 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics[f"train_loss_{task}"] = losses[f"loss_{task}"]
         metrics["lr"] = losses["lr"]
         metrics["images_per_s"] = losses["images_per_s"] * world  # mean per worker x workers
+        metrics["train_tflop"] = round(epoch * tflop_per_epoch, 2)
         if epoch % t.val_every == 0 or epoch == t.epochs:
             _sync_buffers_from_rank0(net, world)
             ev = evaluate(
