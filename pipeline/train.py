@@ -365,6 +365,7 @@ def train_loop_per_worker(config: dict) -> None:
     from spd.flops import train_flops_per_image
     from spd.losses import SPDLoss
     from spd.model import build_model
+    from spd.precision import autocast_dtype
 
     params = params_from_dict(config["params"], source="train_loop_config")
     t = params.train
@@ -373,8 +374,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    bf16 = t.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
-    amp_dtype = torch.bfloat16 if bf16 else None
+    amp_dtype = autocast_dtype(t.bf16, device)
 
     data_dir = Path(runtime.resolve_path(root, params.prepare.main.out))
     train_split, val_split = PackedSplit(data_dir / "train"), PackedSplit(data_dir / "val")

@@ -110,7 +110,7 @@ class TrainConfig:
     lr_schedule: Literal["poly", "cosine"] = "poly"  # decay after warm-up, stepped every batch
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr over this many epochs (may be fractional)
     seed: int = 0
-    bf16: bool = True  # autocast where the device supports it
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 autocast only where the device computes it natively
     channels_last: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 1  # Ray Train workers

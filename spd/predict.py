@@ -21,6 +21,7 @@ from spd.data.targets import decode_heatmaps
 from spd.errors import SpdError
 from spd.labels import class_flip_map, densepose_flip_map, joint_flip_map
 from spd.model.spd import load_model_file
+from spd.precision import autocast_dtype
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -91,7 +92,7 @@ class Predictor:
         self.label_set = str(info.get("label_set", "lip"))
         self.tasks = tuple(getattr(model, "tasks", ("seg",)))
         self.flip_tta = flip_tta
-        self.autocast_dtype = torch.bfloat16 if self._bf16_supported() else None
+        self.autocast_dtype = autocast_dtype("auto", self.device)
         self.class_perm = torch.as_tensor(class_flip_map(self.label_set), device=self.device)
         self.joint_perm = torch.as_tensor(joint_flip_map(), device=self.device)
         self.dp_perm = torch.as_tensor(densepose_flip_map(), device=self.device)
@@ -102,11 +103,6 @@ class Predictor:
         return cls(model, info, device=device, flip_tta=flip_tta)
 
     from_checkpoint = from_file
-
-    def _bf16_supported(self) -> bool:
-        if self.device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return self.device.type == "cpu"
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         ctx = (

@@ -19,6 +19,7 @@ from spd.config import LossConfig, ModelConfig, TrainConfig
 from spd.engine import build_optimizer, evaluate, poly_lr_scheduler, train_one_epoch
 from spd.losses import SPDLoss
 from spd.model import build_model
+from spd.precision import autocast_dtype
 from tests.fixtures.model import make_batch
 
 SIZE, STEPS, CHECK_EVERY, TARGET = 128, 300, 25, 0.9
@@ -36,7 +37,7 @@ def test_resnet18_spd_overfits_eight_synthetic_images(torch_threads, tasks):
     criterion = SPDLoss(tasks, LossConfig())
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.0))
     scheduler = poly_lr_scheduler(optimizer, STEPS, power=0.9)
-    kw = {"autocast_dtype": torch.bfloat16, "channels_last": True}
+    kw = {"autocast_dtype": autocast_dtype("auto", "cpu"), "channels_last": True}
     history = []
     for _ in range(STEPS // CHECK_EVERY):
         train = train_one_epoch(model, criterion, optimizer, scheduler, [batch] * CHECK_EVERY, "cpu", **kw)

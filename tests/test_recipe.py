@@ -13,6 +13,7 @@ from spd.flops import train_flops_per_image
 from spd.labels import IGNORE
 from spd.losses import SPDLoss, lovasz_softmax
 from spd.model import build_model
+from spd.precision import autocast_dtype, cpu_has_native_bf16
 from tests.fixtures.model import make_batch
 
 
@@ -98,3 +99,16 @@ def test_training_flops_count_forward_and_backward_and_leave_the_model_untouched
     assert flops == 2 * forward
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_auto_precision_uses_bf16_only_on_cpus_that_compute_it_natively(tmp_path):
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    sapphire = tmp_path / "spr"
+    sapphire.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert not cpu_has_native_bf16(str(zen3))
+    assert cpu_has_native_bf16(str(sapphire))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    assert autocast_dtype(True, "cpu") == torch.bfloat16
+    assert autocast_dtype(False, "cpu") is None
+    assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_native_bf16() else None)

@@ -21,6 +21,7 @@ from pipeline import runtime
 from pipeline.train import FAULT_MARKER, history_csv, run_fingerprint, run_training
 from spd.config import MlflowConfig, replace
 from spd.errors import SpdError
+from spd.precision import autocast_dtype
 
 PER_EPOCH_KEYS = (
     "train_loss",
@@ -89,7 +90,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_match_single_process_eval
         "cpu",
         num_classes=info["num_classes"],
         tasks=params.model.tasks,
-        autocast_dtype=torch.bfloat16,
+        autocast_dtype=autocast_dtype(params.train.bf16, "cpu"),
         channels_last=True,
     )
     final = result.final_metrics
