@@ -23,6 +23,18 @@ from spd.precision import autocast_dtype
 AMP = autocast_dtype("auto", "cpu")  # bf16 where the CPU computes it natively, else fp32
 
 
+def measured_peak() -> float:
+    """The machine's peak FLOP/s at the training precision: the faster of a matmul and a large conv,
+    timed now (bench_train_step's kernels), printed and returned next to every figure."""
+    from bench_train_step import peak_conv_flops, peak_matmul_flops
+
+    cpu = torch.device("cpu")
+    dtype = AMP or torch.float32
+    peak = max(peak_matmul_flops(dtype, cpu), peak_conv_flops(AMP, AMP is not None, cpu))
+    print(f"measured {'bf16' if AMP else 'fp32'} peak {peak / 1e9:.0f} GFLOP/s", flush=True)
+    return peak
+
+
 @dataclass(frozen=True)
 class Budget:
     tflop: float | None = None  # stop after this much training compute ...
