@@ -13,7 +13,6 @@ bench/results/learning.png, with the machine's measured bf16 peak.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from budget import AMP, Budget, measured_peak, train_to_budget  # noqa: E402
+from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
 
 from spd.config import load_params  # noqa: E402
 from spd.data.dataset import SPDDataset  # noqa: E402
@@ -103,9 +102,7 @@ def main() -> None:
     atomic_write_json(
         out,
         {
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
-            "precision": "bf16" if AMP else "fp32",
-            "peak_gflops": round(peak / 1e9, 1),
+            **machine_record(args.threads, peak),
             "budget_tflop": args.budget,
             "results": results,
         },

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from budget import AMP, Budget, measured_peak, train_to_budget  # noqa: E402
+from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
 
 from spd.config import Params, load_params  # noqa: E402
 from spd.data.dataset import SPDDataset  # noqa: E402
@@ -143,9 +142,7 @@ def main() -> None:
     atomic_write_json(
         out,
         {
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
-            "precision": "bf16" if AMP else "fp32",
-            "peak_gflops": round(peak / 1e9, 1),
+            **machine_record(args.threads, peak),
             "budget_tflop": args.budget,
             "wall_budget_s": wall.wall_s,
             "spd": spd,

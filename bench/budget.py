@@ -35,6 +35,17 @@ def measured_peak() -> float:
     return peak
 
 
+def machine_record(threads: int, peak: float) -> dict:
+    """What every result of these benches is stored next to: the machine, precision and its peak."""
+    import platform
+
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads},
+        "precision": "bf16" if AMP else "fp32",
+        "peak_gflops": round(peak / 1e9, 1),
+    }
+
+
 @dataclass(frozen=True)
 class Budget:
     tflop: float | None = None  # stop after this much training compute ...
