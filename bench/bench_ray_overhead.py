@@ -1,6 +1,6 @@
 """What Ray Train costs on this machine: the same training loop in a plain process vs 1 and 2 Ray workers.
 
-All three run `pipeline.train.train_loop_per_worker` on the prepared default data with the default
+All three run `pipeline.train_loop.train_loop_per_worker` on the prepared default data with the default
 model: "plain" is Ray Train V2's local mode (ScalingConfig(num_workers=0): the loop runs in this
 process, no actors, no DDP), "ray_1x2" is one Ray worker with 2 CPUs / 2 threads, "ray_2x1" two
 workers (gloo DDP) with 1 CPU / 1 thread each. Per configuration: the last epoch's training time

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from pipeline import runtime
-from pipeline.train import FAULT_MARKER, history_csv, run_fingerprint, run_training
+from pipeline.train import run_training
+from pipeline.train_state import FAULT_MARKER, history_csv, run_fingerprint
 from spd.config import MlflowConfig, replace
 from spd.errors import SpdError
 from spd.precision import autocast_dtype

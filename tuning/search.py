@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.train_state import checkpoint_history
 from spd.config import Params, TuneConfig, flatten, params_to_dict, replace
 
 # A trial's driver only launches and watches its trainer: it holds a little memory, not a CPU.
@@ -308,18 +308,6 @@ def finish_parent_run(
     for path in artifacts:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status="FINISHED")
-
-
-def checkpoint_history(checkpoint_path: str) -> list[dict]:
-    """The per-epoch metrics a trial's Train checkpoint carries (pipeline.train's state file)."""
-    import torch
-    from ray.train import Checkpoint
-
-    from pipeline.train import STATE_FILE
-
-    with Checkpoint(checkpoint_path).as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    return list(state.get("history", []))
 
 
 class MlflowTrialCallback(Callback):

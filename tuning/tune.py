@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import runtime
-from spd.config import ConfigError, Params, params_from_dict, params_to_dict
+from pipeline import runtime, train_state
+from spd.config import ConfigError, Params, params_to_dict
 from spd.errors import SpdError
 
 if TYPE_CHECKING:
@@ -65,22 +65,15 @@ def check_searchable(params: Params) -> None:
 def search_fingerprint(params: Params, data_dir: Path) -> str:
     """What makes two runs the same search: its space and budget, the model, loss and training
     knobs, and the prepared data. (Not the code: an edit elsewhere must not orphan a search.)"""
-    from pipeline.train import OPERATIONAL_TRAIN_KEYS
-
     tune = {
         k: v
         for k, v in params_to_dict(params.tune).items()
         if k not in ("max_concurrent", "max_failures", "out_dir", "storage_path", "name")
     }
-    train = {k: v for k, v in params_to_dict(params.train).items() if k not in OPERATIONAL_TRAIN_KEYS}
+    train = train_state.weights_train_config(params)
     loss = {"lambda_seg": params.loss.lambda_seg, "heatmap_sigma": params.loss.heatmap_sigma}
     h = hashlib.sha256(json.dumps([tune, params_to_dict(params.model), loss, train], sort_keys=True).encode())
-    for split in ("train", "val"):
-        for f in sorted((data_dir / split).glob("*")):
-            if f.name == "manifest.json":
-                h.update(f.read_bytes())
-            elif f.is_file():
-                h.update(f"{f.name}:{f.stat().st_size}".encode())
+    train_state.hash_prepared_data(h, data_dir)
     return h.hexdigest()[:12]
 
 
@@ -93,7 +86,7 @@ class SearchOutcome:
 
 
 def run_trial(
-    config: dict[str, Any], base_params: dict, project_root: str, train_storage: str, search_name: str
+    config: dict[str, Any], base_params: Params, project_root: str, train_storage: str, search_name: str
 ) -> None:
     """One Tune trial: a TorchTrainer with this trial's λ; its epochs report to Tune (not MLflow)."""
     import os
@@ -107,7 +100,7 @@ def run_trial(
     # Trials start while others train: give worker start-up more than Ray's 60 s on a busy machine
     # (propagated to the controller and workers; a user's own setting wins).
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_TIMEOUT_S))
-    params = trial_params(params_from_dict(base_params, source="tune trial"), config)
+    params = trial_params(base_params, config)
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(
         params,
@@ -129,19 +122,14 @@ def run_search(
     `early_stopping=False` runs every trial to tune.epochs (FIFO instead of ASHA): the baseline
     bench/bench_asha.py compares against.
     """
-    import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    from pipeline.train import _check_prepared
-    from tuning import report, search
+    from tuning import search
 
     check_searchable(params)
     root = Path(project_root).resolve()
     tc = params.tune
-    data_dir = _check_prepared(root, params)
+    data_dir = train_state.check_prepared(root, params)
     storage = runtime.resolve_path(root, tc.storage_path)
     exp_dir = f"{storage}/{tc.name}"
     fingerprint = search_fingerprint(params, data_dir)
@@ -160,11 +148,10 @@ def run_search(
     experiment_id, parent_run_id = search.open_parent_run(
         uri, params.mlflow.experiment, tc.name, exp_dir, params, fresh=not resuming
     )
-
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
-            base_params=params_to_dict(params),
+            base_params=params,
             project_root=str(root),
             train_storage=f"{storage}/{tc.name}-trials",
             search_name=tc.name,
@@ -175,45 +162,13 @@ def run_search(
         print(f"spd tune: continuing search {tc.name} from {exp_dir}")
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True)
     else:
-        concurrency = search.max_concurrent_trials(tc, ray.cluster_resources(), params.train.use_gpu)
-        print(f"spd tune: search {tc.name}: {tc.num_trials} trials, up to {concurrency} at a time")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search.search_space(tc, params.model.tasks),
-            tune_config=tune.TuneConfig(
-                num_samples=tc.num_trials,
-                search_alg=ConcurrencyLimiter(
-                    OptunaSearch(
-                        metric=search.METRIC,
-                        mode=search.MODE,
-                        sampler=search.tpe_sampler(tc),
-                    ),
-                    max_concurrent=concurrency,
-                ),
-                scheduler=ASHAScheduler(
-                    time_attr="epoch",
-                    metric=search.METRIC,
-                    mode=search.MODE,
-                    max_t=tc.epochs,
-                    grace_period=tc.grace_period,
-                    reduction_factor=tc.reduction_factor,
-                )
-                if early_stopping
-                else FIFOScheduler(),
+        callbacks = [
+            search.PlacementGroupReleaser(tc.name),
+            search.MlflowTrialCallback(
+                uri, experiment_id, parent_run_id, tc.name, params.loss.lambda_seg, tc.epochs
             ),
-            run_config=tune.RunConfig(
-                name=tc.name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=tc.max_failures),
-                callbacks=[
-                    search.PlacementGroupReleaser(tc.name),
-                    search.MlflowTrialCallback(
-                        uri, experiment_id, parent_run_id, tc.name, params.loss.lambda_seg, tc.epochs
-                    ),
-                ],
-                verbose=1,
-            ),
-        )
+        ]
+        tuner = _new_tuner(params, trainable, storage, callbacks, early_stopping)
         if local:
             _write_search_state(Path(exp_dir), fingerprint, tc.name)
 
@@ -222,6 +177,60 @@ def run_search(
     except BaseException:
         search.end_parent_run(uri, parent_run_id, "KILLED")
         raise
+    return _write_outputs(params, root, exp_dir, uri, parent_run_id)
+
+
+def _new_tuner(params: Params, trainable: Any, storage: str, callbacks: list, early_stopping: bool) -> Any:
+    """A fresh Tuner: seeded TPE (Optuna) under a concurrency limit, ASHA (or FIFO) on val mIoU."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning import search
+
+    tc = params.tune
+    concurrency = search.max_concurrent_trials(tc, ray.cluster_resources(), params.train.use_gpu)
+    print(f"spd tune: search {tc.name}: {tc.num_trials} trials, up to {concurrency} at a time")
+    searcher = OptunaSearch(metric=search.METRIC, mode=search.MODE, sampler=search.tpe_sampler(tc))
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            metric=search.METRIC,
+            mode=search.MODE,
+            max_t=tc.epochs,
+            grace_period=tc.grace_period,
+            reduction_factor=tc.reduction_factor,
+        )
+        if early_stopping
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=search.search_space(tc, params.model.tasks),
+        tune_config=tune.TuneConfig(
+            num_samples=tc.num_trials,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler,
+        ),
+        run_config=tune.RunConfig(
+            name=tc.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=tc.max_failures),
+            callbacks=callbacks,
+            verbose=1,
+        ),
+    )
+
+
+def _write_outputs(params: Params, root: Path, exp_dir: str, uri: str, parent_run_id: str) -> SearchOutcome:
+    """trials.csv, best_params.yaml and the plot once every trial is done; the parent run's summary."""
+    from ray import tune
+
+    from tuning import report, search
+
+    tc = params.tune
     # The saved experiment state, not the in-memory trials: after a Ctrl-C Tune's clean-up marks
     # the trials it stops as terminated, while the state records them as still to be run.
     trials = tune.ExperimentAnalysis(exp_dir).trials

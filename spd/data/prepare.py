@@ -89,6 +89,27 @@ def _load(sample: RawSample, num_classes: int) -> tuple[dict[str, np.ndarray], P
     return out, None
 
 
+def _letterboxed(
+    arrays: dict[str, np.ndarray], keypoints: np.ndarray | None, image_size: int, lb: Any
+) -> dict[str, Any]:
+    """One sample's arrays letterboxed into the packed square (the PackedWriter.put fields)."""
+    if "iuv" in arrays:
+        iuv = letterbox_iuv(arrays["iuv"], image_size, lb)
+    else:
+        iuv = np.zeros((image_size, image_size, 3), np.uint8)
+        iuv[..., 0] = IGNORE
+    pose = keypoints is not None
+    kps = letterbox_keypoints(keypoints, image_size, lb) if pose else np.zeros((NUM_JOINTS, 3), np.float32)
+    return {
+        "images": letterbox_image(arrays["image"], image_size, lb),
+        "parsing": letterbox_label(arrays["parsing"], image_size, lb),
+        "iuv": iuv,
+        "keypoints": kps,
+        "has_pose": pose,
+        "has_iuv": "iuv" in arrays,
+    }
+
+
 def pack_split(
     raw: RawSplit,
     split_dir: Path,
@@ -120,37 +141,18 @@ def pack_split(
         if problem is not None:
             problems.append(problem)
             continue
-        image = arrays["image"]
-        h, w = image.shape[:2]
+        h, w = arrays["image"].shape[:2]
         lb = letterbox_params(h, w, image_size)
-        parsing = letterbox_label(arrays["parsing"], image_size, lb)
-        if "iuv" in arrays:
-            iuv = letterbox_iuv(arrays["iuv"], image_size, lb)
-        else:
-            iuv = np.zeros((image_size, image_size, 3), np.uint8)
-            iuv[..., 0] = IGNORE
-        pose = sample.keypoints is not None
-        kps = (
-            letterbox_keypoints(sample.keypoints, image_size, lb)
-            if pose
-            else np.zeros((NUM_JOINTS, 3), np.float32)
-        )
-        writer.put(
-            k,
-            images=letterbox_image(image, image_size, lb),
-            parsing=parsing,
-            iuv=iuv,
-            keypoints=kps,
-            has_pose=pose,
-            has_iuv="iuv" in arrays,
-        )
+        packed = _letterboxed(arrays, sample.keypoints, image_size, lb)
+        writer.put(k, **packed)
+        parsing, kps, pose = packed["parsing"], packed["keypoints"], packed["has_pose"]
         class_hist += np.bincount(parsing.ravel(), minlength=256)
         joint_vis += (kps[:, 2] > 0).astype(np.int64)
         ids.append(sample.id)
         sizes.append([h, w])
         transforms.append([lb.scale, lb.pad_x, lb.pad_y])
         has_pose.append(pose)
-        has_iuv.append("iuv" in arrays)
+        has_iuv.append(packed["has_iuv"])
         k += 1
     manifest = {
         "split": raw.name,
