@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import runtime  # noqa: E402
-from spd.config import load_params, replace  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from spd.config import replace  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
 
 

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import runtime  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from pipeline.train import build_trainer  # noqa: E402
-from spd.config import load_params, replace  # noqa: E402
+from spd.config import replace  # noqa: E402
 
 CONFIGS = {  # name: (Ray Train workers, CPUs = torch threads per worker)
     "plain": (0, 2),

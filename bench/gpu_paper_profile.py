@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spd.config import load_params, replace  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from spd.config import replace  # noqa: E402
 from spd.engine import build_optimizer  # noqa: E402
 from spd.labels import NUM_DP_PARTS  # noqa: E402
 from spd.losses import SPDLoss  # noqa: E402

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.config import Params, replace
+from pipeline.config import Params
+from spd.config import replace
 from spd.errors import SpdError
 
 # (key in a cell's metrics.json, column heading). PCKh only exists for task sets with pose.

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-from spd.config import ConfigError, load_params
+from pipeline.config import load_params
+from spd.config import ConfigError
 from spd.errors import SpdError
 
 STAGES = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from spd.config import Params
+from pipeline.config import Params
 from spd.errors import SpdError
 from spd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spd.labels import COARSE_GROUPS, IGNORE, LABEL_SETS, LIP_JOINTS, coarse_lut

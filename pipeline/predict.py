@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from spd.config import Params
+from pipeline.config import Params
 from spd.errors import DataError, SpdError
 from spd.io import atomic_write_bytes, atomic_write_json
 from spd.labels import LIP_JOINTS, SKELETON, palette

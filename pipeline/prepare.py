@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from spd.config import Params
+from pipeline.config import Params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

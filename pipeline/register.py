@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from spd.config import Params
+from pipeline.config import Params
 from spd.errors import SpdError
 from spd.io import atomic_write_json
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from spd.config import MlflowConfig, RayConfig
+from pipeline.config import MlflowConfig, RayConfig
 from spd.errors import SpdError
 
 MLFLOW_DB = "mlflow.db"

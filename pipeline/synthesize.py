@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from spd.config import Params
+from pipeline.config import Params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

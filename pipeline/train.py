@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime, train_state
+from pipeline.config import Params, apply_tuning_results
 from pipeline.train_loop import CONFIG_KEY, LoopConfig, train_loop_per_worker
-from spd.config import Params, apply_tuning_results
 from spd.errors import SpdError
 
 

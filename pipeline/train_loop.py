@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime, train_state
-from spd.config import Params
+from pipeline.config import Params
 
 CONFIG_KEY = "loop"  # the one entry of Ray's train_loop_config: a LoopConfig
 

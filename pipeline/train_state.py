@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime
-from spd.config import Params, flatten, params_to_dict
+from pipeline.config import Params
+from spd.config import flatten, params_to_dict
 from spd.errors import SpdError
 
 # Per-epoch metrics reported to Ray (and Tune), logged to MLflow and written to the history CSV.

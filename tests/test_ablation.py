@@ -179,7 +179,7 @@ def test_a_model_trained_on_atr_layout_data_is_scored_on_lip_layout_data_via_coa
 ) -> None:
     """The reverse direction of the cross-dataset evaluation: label sets come from the manifests."""
     from pipeline.ablation import run_cell
-    from spd.config import params_from_dict
+    from pipeline.config import params_from_dict
 
     raw = _tiny_params(project_root / "params.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}")
     raw["prepare"]["main"].update(source="atr", out=str(prepared_cross_tiny))

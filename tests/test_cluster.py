@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spd.config import apply_overrides, read_params_file
+from pipeline.config import apply_overrides, read_params_file
 from tests.fixtures.cluster import ROOT, RayCluster, run_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spd.config import ConfigError, load_params
+from pipeline.config import load_params
+from spd.config import ConfigError
 
 
 def _spd(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -63,3 +64,21 @@ def test_spd_imports_no_ray_mlflow_or_dvc(project_root: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     count, heavy = proc.stdout.strip().split(" ", 1)
     assert int(count) >= 10 and heavy == "[]", proc.stdout
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+def test_every_params_file_sets_every_key_and_the_parsed_config_pickles(project_root: Path, name: str) -> None:
+    import pickle
+
+    params = load_params(project_root / name)
+    assert pickle.loads(pickle.dumps(params)) == params  # what Ray hands workers and trials
+
+
+def test_a_key_left_out_of_the_params_file_is_named_not_filled_in(tmp_path: Path, project_root: Path) -> None:
+    # params.yaml is the one source of defaults: no dataclass default silently stands in for it.
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    del raw["train"]["lr"]
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"partial.yaml: train.lr: missing"):
+        load_params(partial)

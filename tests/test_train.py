@@ -18,9 +18,10 @@ import torch
 import yaml
 
 from pipeline import runtime
+from pipeline.config import MlflowConfig
 from pipeline.train import run_training
 from pipeline.train_state import FAULT_MARKER, history_csv, run_fingerprint
-from spd.config import MlflowConfig, replace
+from spd.config import replace
 from spd.errors import SpdError
 from spd.precision import autocast_dtype
 
@@ -190,11 +191,12 @@ def test_same_configuration_resumes_and_changed_weights_config_starts_afresh(
 
 def test_tracking_uri_param_then_env_then_sqlite_next_to_the_project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert runtime.tracking_uri(MlflowConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    default = MlflowConfig(tracking_uri=None, experiment="spd")
+    assert runtime.tracking_uri(default, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert runtime.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert runtime.tracking_uri(MlflowConfig(), tmp_path) == "http://127.0.0.1:5000"
-    assert runtime.tracking_uri(MlflowConfig(tracking_uri="sqlite:///x.db"), tmp_path) == "sqlite:///x.db"
+    assert runtime.tracking_uri(default, tmp_path) == "http://127.0.0.1:5000"
+    assert runtime.tracking_uri(replace(default, tracking_uri="sqlite:///x.db"), tmp_path) == "sqlite:///x.db"
 
 
 def test_data_hash_comes_from_the_dvc_lock(tmp_path):

@@ -18,13 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spd.config import (
-    ConfigError,
-    apply_overrides,
-    apply_tuning_results,
-    params_from_dict,
-    read_params_file,
-)
+from pipeline.config import apply_overrides, apply_tuning_results, params_from_dict, read_params_file
+from spd.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,8 +237,14 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
 
 
 def test_concurrent_trials_follow_the_resources_each_trial_needs():
-    from spd.config import TuneConfig
+    from spd.config import replace
     from tuning.search import max_concurrent_trials
+
+    defaults = params_from_dict(read_params_file(ROOT / "params.yaml")).tune
+    assert defaults.max_concurrent is None
+
+    def TuneConfig(**changes):  # noqa: N802 - reads like the constructor it stands for
+        return replace(defaults, **changes)
 
     one_cpu = TuneConfig(workers_per_trial=1, cpus_per_worker=1.0)
     assert max_concurrent_trials(one_cpu, {"CPU": 2.0}, use_gpu=False) == 2

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from spd.config import Params
+from pipeline.config import Params
 from spd.io import atomic_write_bytes, atomic_write_text
 from tuning.search import METRIC, STATUS_FAILED, TrialOutcome, trial_status
 
@@ -90,7 +90,7 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
 
 
 def write_best_params(path: Path, best: TrialOutcome, params: Params, metric: str) -> None:
-    """The file `loss.from_tuning` reads (spd.config.apply_tuning_results): λ relative to λs."""
+    """The file `loss.from_tuning` reads (pipeline.config.apply_tuning_results): λ relative to λs."""
     doc: dict[str, Any] = {
         "lambda_pose": float(best.lambda_pose),
         "lambda_densepose": float(best.lambda_densepose),

@@ -20,8 +20,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.config import Params, TuneConfig
 from pipeline.train_state import checkpoint_history
-from spd.config import Params, TuneConfig, flatten, params_to_dict, replace
+from spd.config import flatten, params_to_dict, replace
 
 # A trial's driver only launches and watches its trainer: it holds a little memory, not a CPU.
 DRIVER_RESOURCES = {"CPU": 0.0, "memory": 64 * 2**20}

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import runtime, train_state
-from spd.config import ConfigError, Params, params_to_dict
+from pipeline.config import Params
+from spd.config import ConfigError, params_to_dict
 from spd.errors import SpdError
 
 if TYPE_CHECKING:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spd.config import BACKBONES, TASKS, ModelConfig, params_to_dict
+from spd.config import TASKS, ConfigError, ModelConfig, from_dict, params_to_dict, replace
 from spd.data.targets import HEAD_STRIDE
 from spd.errors import SpdError
 from spd.io import atomic_write_bytes
@@ -113,20 +112,18 @@ def save_model_file(
 
 
 def model_config_from_dict(raw: Any, where: str) -> ModelConfig:
+    """The `model` entry of a model file, parsed like params.yaml's `model` section (spd.config).
+
+    Keys the file predates take the library defaults; the trained weights replace any pretrained
+    backbone, so `pretrained` is never read again at load time.
+    """
     if not isinstance(raw, dict):
         raise SpdError(f"{where}: 'model' is not a mapping")
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(raw) - names
-    if unknown:
-        raise SpdError(f"{where}: unknown model keys {sorted(unknown)}")
-    kw = dict(raw)
-    if "tasks" in kw:
-        kw["tasks"] = tuple(kw["tasks"])
-    if kw.get("backbone", "resnet18") not in BACKBONES:
-        raise SpdError(f"{where}: unknown backbone {kw.get('backbone')!r}")
-    # The trained weights replace any pretrained backbone: never read that file again at load time.
-    kw["pretrained"] = None
-    return ModelConfig(**kw)
+    try:
+        cfg = from_dict(ModelConfig, raw, "model", complete=False)
+    except ConfigError as e:
+        raise SpdError(f"{where}: {e}") from None
+    return replace(cfg, pretrained=None)
 
 
 def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SPDNet, dict]:
