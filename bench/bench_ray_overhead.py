@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs.split(","):
             workers, cpus = CONFIGS[name]
             train = replace(
-                base.train, epochs=args.epochs, num_workers=max(1, workers), cpus_per_worker=float(cpus)
+                base.train, epochs=args.epochs, ray_workers=max(1, workers), cpus_per_worker=float(cpus)
             )
             train = replace(train, val_every=args.epochs, fault_at_epoch=None)  # validate once, at the end
             params = replace(base, train=train)

@@ -184,7 +184,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("train.augment.scale_min", _positive, "a positive number"),
     ("train.augment.scale_max", _positive, "a positive number"),
     ("train.augment.rotate_deg", lambda v: 0 <= v <= 180, "a number in [0, 180]"),
-    ("train.num_workers", _positive, "a positive integer"),
+    ("train.ray_workers", _positive, "a positive integer"),
     ("train.cpus_per_worker", _positive, "a positive number"),
     ("train.max_failures", lambda v: v >= -1, "an integer >= -1 (-1: retry forever)"),
     ("train.keep_checkpoints", _positive, "a positive integer"),
@@ -225,8 +225,8 @@ def _cross_field_checks(p: Params) -> None:
         fail("loss", "all λ weights are 0; at least one must be positive")
     if p.train.augment.scale_min > p.train.augment.scale_max:
         fail("train.augment.scale_min", "must be <= train.augment.scale_max")
-    if p.train.batch_size < p.train.num_workers:
-        fail("train.batch_size", f"must be >= train.num_workers ({p.train.num_workers})")
+    if p.train.batch_size < p.train.ray_workers:
+        fail("train.batch_size", f"must be >= train.ray_workers ({p.train.ray_workers})")
     for i, ts in enumerate(p.ablation.task_sets):
         parts = ts.split("+")
         if "seg" not in parts or any(t not in TASKS for t in parts):
@@ -251,11 +251,30 @@ def _get(obj: Any, path: str) -> tuple[bool, Any]:
     return True, obj
 
 
+# Keys renamed since an earlier release: (section, old, new, why). A file with the old key is refused
+# with the new name rather than with "unknown key".
+RENAMED_KEYS = (
+    (
+        "train",
+        "num_workers",
+        "ray_workers",
+        "Ray Train workers; DataLoader processes are train.loader_workers",
+    ),
+)
+
+
+def _refuse_renamed_keys(raw: dict) -> None:
+    for section, old, new, why in RENAMED_KEYS:
+        if isinstance(raw.get(section), dict) and old in raw[section]:
+            raise ConfigError(f"{section}.{old}: renamed to {section}.{new} ({why}); rename the key")
+
+
 def params_from_dict(raw: dict, source: str = "params") -> Params:
     """Validate a raw mapping into `Params`; raise ConfigError naming the file and key path."""
     try:
         if not isinstance(raw, dict):
             raise ConfigError(f"top level: expected a mapping of sections, got {type(raw).__name__}")
+        _refuse_renamed_keys(raw)
         params = from_dict(Params, raw)
         for path, ok, expected in _RULES:
             present, value = _get(params, path)

@@ -102,7 +102,7 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={CONFIG_KEY: job},
         scaling_config=ScalingConfig(
-            num_workers=0 if local_mode else t.num_workers,
+            num_workers=0 if local_mode else t.ray_workers,
             use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker},
             placement_strategy=t.placement_strategy,

@@ -35,7 +35,7 @@ FAULT_MARKER = "fault_injected"  # under the run's storage dir: the fault hook f
 # Training knobs that do not change the trained weights: left out of the run fingerprint, so a
 # resume may change them (more workers, another storage path, the fault hook off).
 OPERATIONAL_TRAIN_KEYS = (
-    "num_workers",
+    "ray_workers",
     "use_gpu",
     "cpus_per_worker",
     "placement_strategy",

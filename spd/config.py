@@ -88,7 +88,7 @@ class TrainConfig:
     bf16: bool | Literal["auto"] = "auto"  # auto: bf16 autocast only where the device computes it natively
     channels_last: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 1  # Ray Train workers
+    ray_workers: int = 1  # Ray Train workers (DataLoader processes: loader_workers)
     use_gpu: bool = False
     cpus_per_worker: float = 2.0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

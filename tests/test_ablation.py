@@ -34,7 +34,7 @@ def _tiny_params(root_params: Path, tracking_uri: str) -> dict:
     raw["prepare"]["cross"]["out"] = "data/prepared/cross"
     raw["model"].update(backbone="resnet18", head_channels=16)
     raw["train"].update(
-        batch_size=8, num_workers=1, cpus_per_worker=1.0, storage_path="ray_results", keep_checkpoints=1
+        batch_size=8, ray_workers=1, cpus_per_worker=1.0, storage_path="ray_results", keep_checkpoints=1
     )
     raw["evaluate"].update(batch_size=8, overlays=0)
     raw["mlflow"].update(tracking_uri=tracking_uri, experiment="spd-ablation-test")

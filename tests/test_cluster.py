@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 UP = "scripts/cluster.sh up"
 KILL_WORKER = "scripts/cluster.sh kill-worker"
 TRAIN = (
-    "spd train --set train.num_workers=2 --set train.cpus_per_worker=1 "
+    "spd train --set train.ray_workers=2 --set train.cpus_per_worker=1 "
     "--set train.placement_strategy=STRICT_SPREAD --set train.storage_path=$SHARED/ray_results"
 )
 EVALUATE = "spd evaluate"
@@ -75,7 +75,7 @@ TINY = [
     "model.head_channels=16",
     "train.epochs=2",
     "train.batch_size=8",
-    "train.num_workers=1",
+    "train.ray_workers=1",
     "train.cpus_per_worker=1",
     "evaluate.overlays=2",
 ]

@@ -67,7 +67,9 @@ def test_spd_imports_no_ray_mlflow_or_dvc(project_root: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
-def test_every_params_file_sets_every_key_and_the_parsed_config_pickles(project_root: Path, name: str) -> None:
+def test_every_params_file_sets_every_key_and_the_parsed_config_pickles(
+    project_root: Path, name: str
+) -> None:
     import pickle
 
     params = load_params(project_root / name)
@@ -82,3 +84,8 @@ def test_a_key_left_out_of_the_params_file_is_named_not_filled_in(tmp_path: Path
     partial.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"partial.yaml: train.lr: missing"):
         load_params(partial)
+
+
+def test_the_old_train_num_workers_key_is_refused_with_its_new_name(project_root: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.num_workers: renamed to train.ray_workers"):
+        load_params(project_root / "params.yaml", ["train.num_workers=2"])

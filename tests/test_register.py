@@ -124,7 +124,7 @@ def test_training_then_register_over_http_yields_a_champion_linked_to_its_traini
     name = "spd-e2e-test"
     overrides = [
         f"prepare.main.out={prepared_tiny}", "prepare.image_size=64", "prepare.cross=null",
-        "model.head_channels=16", "train.epochs=1", "train.batch_size=8", "train.num_workers=1",
+        "model.head_channels=16", "train.epochs=1", "train.batch_size=8", "train.ray_workers=1",
         "train.cpus_per_worker=1", f"train.storage_path={tmp_path / 'ray_results'}",
         "mlflow.experiment=spd-e2e", f"register.model_name={name}", "evaluate.overlays=2",
     ]  # fmt: skip

@@ -122,7 +122,7 @@ def test_an_interrupted_run_resumes_at_the_next_epoch_in_the_same_mlflow_run(
     # No retries: the worker killed in epoch 2 ends the run after the epoch-1 checkpoint.
     params = tiny_train_params(
         "train.epochs=2",
-        "train.num_workers=1",
+        "train.ray_workers=1",
         "train.cpus_per_worker=2",
         "train.fault_at_epoch=2",
         "train.max_failures=0",
@@ -177,7 +177,7 @@ def test_same_configuration_resumes_and_changed_weights_config_starts_afresh(
     fp = run_fingerprint(params, prepared_tiny)
     # Knobs that do not change the trained weights keep the run (and its checkpoints).
     for change in (
-        {"num_workers": 1},
+        {"ray_workers": 1},
         {"fault_at_epoch": 2},
         {"storage_path": "/elsewhere"},
         {"max_failures": 3},

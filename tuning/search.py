@@ -102,7 +102,7 @@ def trial_params(params: Params, config: dict[str, Any]) -> Params:
     train = replace(
         params.train,
         epochs=params.tune.epochs,
-        num_workers=params.tune.workers_per_trial,
+        ray_workers=params.tune.workers_per_trial,
         cpus_per_worker=params.tune.cpus_per_worker,
         batch_size=max(params.train.batch_size, params.tune.workers_per_trial),
         lr=float(config["lr"]) if "lr" in config else params.train.lr,
