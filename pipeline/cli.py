@@ -17,13 +17,13 @@ from spd.errors import SpdError
 STAGES = {
     "synth": ("pipeline.synthesize", "generate synthetic multi-task humans (LIP or ATR layout)"),
     "prepare": ("pipeline.prepare", "pack a raw dataset into letterboxed arrays per split"),
+    "loss-weights": ("pipeline.loss_weights", "write the loss weights the train stage will use (for DVC)"),
     "train": ("pipeline.train", "train SPD on Ray Train, tracked in MLflow"),
     "tune": ("tuning.tune", "Ray Tune search of the loss weights λ"),
     "evaluate": ("pipeline.evaluate", "evaluate the trained model on the val split(s)"),
     "register": ("pipeline.register", "log + register the model in MLflow, move the champion alias"),
     "ablation": ("pipeline.ablation", "task-set ablation: train/evaluate one cell, or write the report"),
     "predict": ("pipeline.predict", "predict masks for images with a model file or registry URI"),
-    "bench": ("pipeline.bench", "run a benchmark from bench/ and write its JSON"),
 }
 
 

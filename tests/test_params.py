@@ -89,3 +89,11 @@ def test_a_key_left_out_of_the_params_file_is_named_not_filled_in(tmp_path: Path
 def test_the_old_train_num_workers_key_is_refused_with_its_new_name(project_root: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.num_workers: renamed to train.ray_workers"):
         load_params(project_root / "params.yaml", ["train.num_workers=2"])
+
+
+def test_every_spd_subcommand_has_its_module() -> None:
+    import importlib.util
+
+    from pipeline.cli import STAGES
+
+    assert [name for name, (module, _) in STAGES.items() if importlib.util.find_spec(module) is None] == []

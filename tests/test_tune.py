@@ -256,3 +256,28 @@ def test_concurrent_trials_follow_the_resources_each_trial_needs():
     # Never 0: a trial bigger than the cluster runs alone (its trainer waits for an autoscaler).
     assert max_concurrent_trials(TuneConfig(cpus_per_worker=4.0), {"CPU": 2.0}, False) == 1
     assert max_concurrent_trials(TuneConfig(max_concurrent=3), {"CPU": 2.0}, False) == 3
+
+
+def test_a_new_search_result_changes_what_dvc_hashes_for_train_only_when_from_tuning_is_on(tmp_path: Path):
+    from pipeline.cli import main
+
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert "reports/loss_weights.json" in dvc_yaml["stages"]["train"]["deps"]
+    assert dvc_yaml["stages"]["loss_weights"]["always_changed"] is True
+    best = tmp_path / "tuning" / "best_params.yaml"
+    best.parent.mkdir()
+    raw = read_params_file(ROOT / "params.yaml")
+    out = tmp_path / "reports" / "loss_weights.json"
+
+    def resolved(from_tuning: bool) -> bytes:
+        params_file = tmp_path / "params.yaml"
+        on = apply_overrides(raw, [f"loss.from_tuning={str(from_tuning).lower()}"])
+        params_file.write_text(yaml.safe_dump(on))
+        assert main(["loss-weights", "--params", str(params_file), "--out", str(out)]) == 0
+        return out.read_bytes()
+
+    best.write_text("lambda_pose: 0.5\nlambda_densepose: 2.0\n")
+    off, on = resolved(False), resolved(True)
+    best.write_text("lambda_pose: 0.25\nlambda_densepose: 2.0\n")  # a new search's result
+    assert resolved(False) == off  # train stays up to date while the search's values are unused
+    assert resolved(True) != on  # ...and re-runs once they are
