@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import MlflowConfig, RayConfig
+from pipeline.ray_loopback import loopback_only
 from spd.errors import SpdError
 
 MLFLOW_DB = "mlflow.db"
@@ -48,21 +49,6 @@ def resolve_path(root: Path, path: str) -> str:
 
 def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
-
-
-def loopback_only() -> None:
-    """Before `ray.init` of a single-node Ray: keep 127.0.0.1 as its address (loopback only).
-
-    Given `_node_ip_address="127.0.0.1"`, Ray still swaps loopback for the machine's routable
-    address unless its "no multi-node clusters" mode is on. The flag is read at import time, so set
-    the already-imported constant and the variable. The variable stays set: processes started
-    later that join this Ray at "127.0.0.1:<port>" (`spd` subprocesses in tests) must resolve
-    loopback the same way, or they knock at the routable address where nothing listens.
-    """
-    import ray._private.ray_constants as ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(cfg: RayConfig) -> None:

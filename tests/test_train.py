@@ -236,3 +236,11 @@ def test_history_csv_has_one_row_per_epoch_and_only_columns_that_exist():
     parsed = list(csv.DictReader(history_csv(rows).splitlines()))
     assert list(parsed[0]) == ["epoch", "train_loss", "train_loss_seg", "lr", "images_per_s", "val_miou"]
     assert [r["val_miou"] for r in parsed] == ["", "0.5"]
+
+
+def test_a_local_ray_listens_on_loopback_only(ray_local):
+    # Guards pipeline/ray_loopback.py, the one Ray workaround: fails when a Ray upgrade changes it.
+    import ray
+
+    assert ray_local.startswith("127.0.0.1:")
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}

@@ -86,9 +86,7 @@ class SearchOutcome:
     best_params_path: Path | None
 
 
-def run_trial(
-    config: dict[str, Any], base_params: Params, project_root: str, train_storage: str, search_name: str
-) -> None:
+def run_trial(config: dict[str, Any], base_params: Params, project_root: str, train_storage: str) -> None:
     """One Tune trial: a TorchTrainer with this trial's λ; its epochs report to Tune (not MLflow)."""
     import os
 
@@ -96,7 +94,7 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.train import build_trainer
-    from tuning.search import placement_group_recorder, trial_params
+    from tuning.search import trial_params
 
     # Trials start while others train: give worker start-up more than Ray's 60 s on a busy machine
     # (propagated to the controller and workers; a user's own setting wins).
@@ -109,7 +107,7 @@ def run_trial(
         train_storage,
         project_root=Path(project_root),
         mlflow_run_id=None,  # the Tune driver logs each trial to MLflow, once
-        callbacks=[TuneReportCallback(), placement_group_recorder(search_name, trial_id)],
+        callbacks=[TuneReportCallback()],
         verbose=False,
     )
     trainer.fit()
@@ -155,7 +153,6 @@ def run_search(
             base_params=params,
             project_root=str(root),
             train_storage=f"{storage}/{tc.name}-trials",
-            search_name=tc.name,
         ),
         search.driver_resources(),
     )
@@ -163,8 +160,9 @@ def run_search(
         print(f"spd tune: continuing search {tc.name} from {exp_dir}")
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True)
     else:
+        # A stopped trial's placement group is freed by Ray Train's own PlacementGroupCleaner
+        # (it needs the dashboard's state API, which runtime.init_ray starts).
         callbacks = [
-            search.PlacementGroupReleaser(tc.name),
             search.MlflowTrialCallback(
                 uri, experiment_id, parent_run_id, tc.name, params.loss.lambda_seg, tc.epochs
             ),
