@@ -194,7 +194,7 @@ def test_a_model_trained_on_atr_layout_data_is_scored_on_lip_layout_data_via_coa
 
 
 def test_the_verdict_follows_the_numbers_no_significant_difference_unless_beyond_two_sigma() -> None:
-    from pipeline.ablation import aggregate, findings
+    from pipeline.ablation_report import aggregate, findings
 
     def cells(seg_miou: list[float], pose_miou: list[float]) -> list[dict]:
         rows = []
