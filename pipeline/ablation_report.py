@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.ablation import METRICS, braced, cell_dir, cell_name
 from pipeline.config import Params
+from pipeline.runtime import METRICS_DIR, numeric_only
 from spd.errors import SpdError
 
 BASELINE = "seg"
@@ -313,6 +314,8 @@ def write_report(params: Params, root: Path, log_mlflow: bool = True) -> dict:
     }
     atomic_write_bytes(png_path, render_plot(agg, a.task_sets))
     atomic_write_json(json_path, doc)
+    means = {ts: {k: e["mean"] for k, e in agg.get(ts, {}).items()} for ts in a.task_sets}
+    atomic_write_json(root / METRICS_DIR / "ablation.json", numeric_only(means))
     atomic_write_text(md_path, render_markdown(params, agg, cells, notes))
     if log_mlflow:
         doc["mlflow_parent_run_id"] = log_to_mlflow(params, root, agg, cells, [md_path, json_path, png_path])

@@ -5,7 +5,8 @@ Predictions come from `spd.predict.Predictor` (the code consumers run, flip TTA 
 labels (padding is ignore). Writes, atomically, under `evaluate.out_dir`:
 - `metrics.json` (DVC metrics): mIoU, pixel acc, mean acc (SCHP definitions), the per-image mIoU
   variant, coarse-group mIoU, PCKh@0.5 overall and per joint, DensePose part mIoU and U/V error;
-  with `prepare.cross` packed, `cross`: mIoU on the coarse groups both label sets share;
+  with `prepare.cross` packed, `cross`: mIoU on the coarse groups both label sets share (numbers
+  only; the label sets, flip TTA and model file are in `evaluation.json`);
 - `per_class_iou.csv` (class, iou) for a bar plot;
 - `confusion.csv` (actual, predicted; class names) for DVC's confusion template: a seeded uniform
   sample of at most CONFUSION_ROWS labelled pixels, so the file stays small for any val set;
@@ -215,7 +216,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
     result = evaluate_model(params, model_file, project_root=root)
     metrics = result["metrics"]
     per_class = metrics.pop("per_class_iou")
-    metrics["flip_tta"] = cfg.flip_tta
 
     out = Path(runtime.resolve_path(root, cfg.out_dir))
     classes = LABEL_SETS[result["label_set"]]
@@ -230,12 +230,16 @@ def run(params: Params, args: argparse.Namespace) -> int:
     w.writerows((classes[a], classes[p]) for a, p in result["confusion_sample"].tolist())
     atomic_write_text(out / "confusion.csv", buf.getvalue())
     atomic_write_bytes(out / "overlays.png", overlay_sheet(result["overlay_rows"], result["label_set"]))
+    info = {"label_set": result["label_set"], "flip_tta": cfg.flip_tta, "model_file": str(model_file)}
+    if "cross" in metrics:
+        info["cross_label_set"] = metrics["cross"].pop("label_set")
+    atomic_write_json(out / "evaluation.json", info)  # what was scored how: not metrics
     atomic_write_json(out / "metrics.json", _clean(metrics))
 
     line = f"val mIoU {metrics['miou']:.4f}, pixel acc {metrics['pixel_acc']:.4f}"
     if "pckh" in metrics:
         line += f", PCKh@0.5 {metrics['pckh']:.4f}"
     if "cross" in metrics:
-        line += f", cross ({metrics['cross']['label_set']}) coarse mIoU {metrics['cross']['coarse_miou']:.4f}"
+        line += f", cross ({info['cross_label_set']}) coarse mIoU {metrics['cross']['coarse_miou']:.4f}"
     print(f"{line} -> {out}")
     return 0

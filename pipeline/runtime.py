@@ -138,6 +138,31 @@ def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# DVC metrics files
+# ---------------------------------------------------------------------------------------------
+
+METRICS_DIR = "metrics"  # numeric summaries of the optional pipelines (ablation, search)
+
+
+def numeric_only(doc: dict) -> dict:
+    """`doc` without its non-numeric leaves (names, paths, run ids, flags, None), for `dvc metrics`."""
+    out: dict = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            if inner := numeric_only(value):
+                out[key] = inner
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def metrics_path(report: str) -> str:
+    """The numeric metrics file beside a stage report: reports/train.json -> reports/train_metrics.json."""
+    p = Path(report)
+    return str(p.with_name(f"{p.stem}_metrics{p.suffix or '.json'}"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Provenance tags
 # ---------------------------------------------------------------------------------------------
 

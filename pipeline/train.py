@@ -82,7 +82,7 @@ def build_trainer(
     `local_mode`: Ray Train's local mode (no worker actors; the loop runs in this process) for
     debugging and for measuring what Ray itself costs.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = params.train
@@ -117,6 +117,9 @@ def build_trainer(
                 checkpoint_score_order="max",
             ),
             callbacks=callbacks or [],
+            # Ray Train logs every report ("Reporting training result ...: TrainingReport(...)")
+            # and checkpoint at INFO; the loop prints its own line per epoch instead.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
@@ -190,7 +193,7 @@ def _fit(trainer: Any, run_dir: str, uri: str | None, run_id: str | None) -> Any
 def _write_outputs(
     params: Params, root: Path, state: dict, ray_run: str, storage: str, run_id: str | None
 ) -> tuple[Path, list[dict[str, float]]]:
-    """The model file, the history CSV and the report JSON, each written atomically."""
+    """The model file, the history CSV, the report JSON and its numbers-only twin, each atomically."""
     from spd.io import atomic_write_json, atomic_write_text
     from spd.model import build_model, save_model_file
 
@@ -205,19 +208,18 @@ def _write_outputs(
     history: list[dict[str, float]] = state["history"]
     final = dict(history[-1]) if history else {}
     atomic_write_text(runtime.resolve_path(root, t.history), train_state.history_csv(history))
-    atomic_write_json(
-        runtime.resolve_path(root, t.report),
-        {
-            "run_name": ray_run,
-            "storage_path": storage,
-            "mlflow_run_id": run_id,
-            "epochs": int(final.get("epoch", 0)),
-            "train_tflop": final.get("train_tflop"),
-            "images_per_s": _mean([r["images_per_s"] for r in history if "images_per_s" in r]),
-            "final": {k: v for k, v in final.items() if k != "epoch"},
-            "best": train_state.best_epoch(history),
-        },
-    )
+    report = {
+        "run_name": ray_run,
+        "storage_path": storage,
+        "mlflow_run_id": run_id,
+        "epochs": int(final.get("epoch", 0)),
+        "images_per_s": _mean([r["images_per_s"] for r in history if "images_per_s" in r]),
+        "final": {k: v for k, v in final.items() if k != "epoch"},
+        "best": train_state.best_epoch(history),
+    }
+    atomic_write_json(runtime.resolve_path(root, t.report), report)  # identity + numbers
+    metrics = runtime.resolve_path(root, runtime.metrics_path(t.report))
+    atomic_write_json(metrics, runtime.numeric_only(report))  # numbers only, for `dvc metrics`
     return model_path, history
 
 

@@ -67,7 +67,10 @@ def test_evaluate_writes_dvc_reports_that_match_the_training_evaluation(
 
     # Cross-dataset: scored on the coarse groups of the ATR-layout data.
     cross = metrics["cross"]
-    assert cross["label_set"] == "atr" and cross["num_images"] > 0
+    assert cross["num_images"] > 0
+    info = json.loads((reports / "evaluation.json").read_text())  # names and flags: not DVC metrics
+    assert info["label_set"] == "lip" and info["cross_label_set"] == "atr"
+    assert all(isinstance(v, (int, float)) for v in _leaves(metrics))
     assert set(cross["coarse_iou"]) == set(COARSE_GROUPS)
     assert 0.0 <= cross["coarse_miou"] <= 1.0
 
@@ -100,7 +103,8 @@ def test_evaluate_without_cross_data_and_with_flip_tta(
     args = project(tmp_path, project_root, tiny_model_64, prepared_tiny, None, "evaluate.flip_tta=true")
     assert spd_main(args) == 0
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert metrics["flip_tta"] is True and "cross" not in metrics
+    info = json.loads((tmp_path / "reports" / "evaluation.json").read_text())
+    assert info["flip_tta"] is True and "cross" not in metrics
 
 
 def test_evaluate_names_a_missing_model_file(
@@ -110,3 +114,7 @@ def test_evaluate_names_a_missing_model_file(
     assert spd_main(project(tmp_path, project_root, missing, prepared_tiny, None)) == 1
     assert f"{missing}: model file not found" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+
+
+def _leaves(doc: dict) -> list:
+    return [x for v in doc.values() for x in (_leaves(v) if isinstance(v, dict) else [v]) if x is not None]

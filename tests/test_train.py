@@ -77,6 +77,10 @@ def test_two_workers_learn_survive_a_killed_worker_and_match_single_process_eval
     assert payload["format"] == "spd-model/1" and payload["image_size"] == 64
     report = json.loads((tmp_path / params.train.report).read_text())
     assert report["epochs"] == 4 and report["run_name"] == result.run_name
+    numbers = json.loads((tmp_path / runtime.metrics_path(params.train.report)).read_text())
+    assert numbers == {
+        k: v for k, v in report.items() if k not in ("run_name", "storage_path", "mlflow_run_id")
+    }
     assert report["final"]["val_miou"] == pytest.approx(history[-1]["val_miou"])
     assert report["best"]["val_miou"] == max(r["val_miou"] for r in history)
     rows = list(csv.DictReader((tmp_path / params.train.history).open()))

@@ -89,6 +89,22 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def write_search_metrics(path: Path, best: TrialOutcome, outcomes: list[TrialOutcome]) -> None:
+    """The best trial's numbers and the trial counts, for `dvc metrics show` (numbers only)."""
+    from spd.io import atomic_write_json
+
+    doc: dict[str, float | int] = {
+        "best_val_miou": best.best_val_miou or 0.0,
+        "best_lambda_pose_rel": best.lambda_pose,
+        "best_lambda_densepose_rel": best.lambda_densepose,
+    }
+    if best.lr is not None:
+        doc["best_lr"] = best.lr
+    for status in sorted({o.status for o in outcomes}):
+        doc[f"trials_{status}"] = sum(o.status == status for o in outcomes)
+    atomic_write_json(path, doc)
+
+
 def write_best_params(path: Path, best: TrialOutcome, params: Params, metric: str) -> None:
     """The file `loss.from_tuning` reads (pipeline.config.apply_tuning_results): λ relative to λs."""
     doc: dict[str, Any] = {

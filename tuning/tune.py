@@ -252,6 +252,7 @@ def _write_outputs(params: Params, root: Path, exp_dir: str, uri: str, parent_ru
     report.plot_lambda_miou(
         out_dir / "lambda_miou.png", outcomes, best, (tc.lambda_pose, tc.lambda_densepose)
     )
+    report.write_search_metrics(root / runtime.METRICS_DIR / "search.json", best, outcomes)
     search.finish_parent_run(
         uri, parent_run_id, best, outcomes, [best_path, out_dir / "trials.csv", out_dir / "lambda_miou.png"]
     )
