@@ -213,6 +213,7 @@ def _write_outputs(
         "storage_path": storage,
         "mlflow_run_id": run_id,
         "epochs": int(final.get("epoch", 0)),
+        "train_tflop": final.get("train_tflop"),
         "images_per_s": _mean([r["images_per_s"] for r in history if "images_per_s" in r]),
         "final": {k: v for k, v in final.items() if k != "epoch"},
         "best": train_state.best_epoch(history),
