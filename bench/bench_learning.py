@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
 
-from spd.config import load_params  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from spd.data.dataset import SPDDataset  # noqa: E402
 from spd.data.packed import PackedSplit  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
