@@ -86,13 +86,14 @@ def test_two_workers_learn_survive_a_killed_worker_and_match_single_process_eval
     rows = list(csv.DictReader((tmp_path / params.train.history).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
 
-    # The val metrics the 2 workers reported (each evaluating its own shard, summed) are those of
-    # one process evaluating the saved model on the whole val split.
+    # The 2 workers each scored their own shard of the val split and summed their counts; their
+    # metrics are those of one process scoring the saved model. The sum itself is exact (test_metrics
+    # pins the all-reduce); the two forward passes are not: different thread counts round
+    # differently and a near-tie pixel may flip its argmax, so the scores agree to a few pixels.
     model, info = load_model_file(result.model_path)
-    loader = DataLoader(SPDDataset(prepared_tiny / "val"), batch_size=3)
     single = evaluate(
         model,
-        loader,
+        DataLoader(SPDDataset(prepared_tiny / "val"), batch_size=3),
         "cpu",
         num_classes=info["num_classes"],
         tasks=params.model.tasks,
@@ -101,8 +102,8 @@ def test_two_workers_learn_survive_a_killed_worker_and_match_single_process_eval
     )
     final = result.final_metrics
     for ours, theirs in [("val_miou", "miou"), ("val_pixel_acc", "pixel_acc"), ("val_mean_acc", "mean_acc")]:
-        assert final[ours] == pytest.approx(single[theirs], abs=1e-6), ours
-    assert final["val_pckh"] == pytest.approx(single["pckh"], abs=1e-6)
+        assert final[ours] == pytest.approx(single[theirs], abs=0.01), ours
+    assert final["val_pckh"] == pytest.approx(single["pckh"], abs=0.02)
 
     # Exactly one MLflow run (rank 0 logs, not every worker), each metric once per epoch.
     client, runs = _mlflow(params)
