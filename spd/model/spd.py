@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +43,35 @@ class SPDNet(nn.Module):
         self.cfg = cfg
         self.tasks = tasks
         self.num_classes = num_classes
-        self.backbone = ResNetBackbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_bn)
+        # Paired ablation cells: for one seed, every task set starts its shared layers from the same
+        # weights. One draw from torch's generator seeds each part by its name (the generator then
+        # stands where it would for any task set), and the segmentation head takes, wherever its
+        # tensors have the {seg} head's shapes, the {seg} head's initial values.
+        base = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        with _seeded(base, "backbone"):
+            self.backbone = ResNetBackbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_bn)
         c3, c4 = self.backbone.channels
         ch = cfg.head_channels
         context_in: dict[str, int] = {}
         if "pose" in tasks or "densepose" in tasks:
             # pose and DensePose share one cheap neck over layer3 + layer4 (mid- and high-level cues)
-            self.neck = conv_bn_relu(c3 + c4, ch, k=1)
+            with _seeded(base, "neck"):
+                self.neck = conv_bn_relu(c3 + c4, ch, k=1)
         if "pose" in tasks:
-            self.pose_head = PoseHead(ch, ch, NUM_JOINTS, num_classes)
+            with _seeded(base, "pose_head"):
+                self.pose_head = PoseHead(ch, ch, NUM_JOINTS, num_classes)
             context_in["pose"] = NUM_JOINTS
         if "densepose" in tasks:
-            self.dp_head = DensePoseHead(ch, ch, NUM_DP_PARTS)
+            with _seeded(base, "dp_head"):
+                self.dp_head = DensePoseHead(ch, ch, NUM_DP_PARTS)
             context_in["densepose"] = (NUM_DP_PARTS + 1) + 2 * NUM_DP_PARTS
-        self.seg_head = SegHead(c4, ch, num_classes, context_in, self.backbone.low_channels)
+        low = self.backbone.low_channels
+        with _seeded(base, "seg_head"):
+            self.seg_head = SegHead(c4, ch, num_classes, context_in, low)
+        if context_in:
+            with _seeded(base, "seg_head"):
+                seg_only = SegHead(c4, ch, num_classes, {}, low)
+            _copy_same_shaped(seg_only, self.seg_head)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         H, W = x.shape[-2:]
@@ -77,6 +95,24 @@ class SPDNet(nn.Module):
             context["densepose"] = torch.cat([dp["dp_index"], dp["dp_u"], dp["dp_v"]], dim=1)
         out["seg"] = self.seg_head.refined(seg_feat, seg_init, context, feats["layer1"])
         return out
+
+
+@contextlib.contextmanager
+def _seeded(base: int, part: str) -> Iterator[None]:
+    """Run the block on torch's CPU generator seeded from (base, part); restore the generator after.
+    crc32, not hash(): Python salts str hashes per process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed((base + zlib.crc32(part.encode())) % 2**63)
+        yield
+
+
+@torch.no_grad()
+def _copy_same_shaped(source: nn.Module, target: nn.Module) -> None:
+    """Copy every parameter and buffer of `source` into the same-named, same-shaped one of `target`."""
+    theirs = target.state_dict()
+    for name, value in source.state_dict().items():
+        if name in theirs and theirs[name].shape == value.shape:
+            theirs[name].copy_(value)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SPDNet:
