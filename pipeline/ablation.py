@@ -24,6 +24,8 @@ from spd.errors import SpdError
 # (key in a cell's metrics.json, column heading). PCKh only exists for task sets with pose.
 METRICS: tuple[tuple[str, str], ...] = (
     ("miou", "in-domain mIoU"),
+    ("miou_lr", "left/right parts mIoU"),
+    ("miou_rest", "other classes mIoU"),
     ("pixel_acc", "pixel acc"),
     ("mean_acc", "mean acc"),
     ("cross_miou", "cross-domain mIoU"),
@@ -71,6 +73,7 @@ def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow
     from pipeline.evaluate import evaluate_model
     from pipeline.train import run_training
     from spd.io import atomic_write_json
+    from spd.labels import LABEL_SETS
 
     if task_set not in params.ablation.task_sets:
         raise SpdError(
@@ -88,7 +91,8 @@ def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow
         log_to_mlflow=log_to_mlflow,
     )
     t_train = time.perf_counter() - t0
-    ev = evaluate_model(cfg, result.model_path, project_root=root)["metrics"]
+    evaluation = evaluate_model(cfg, result.model_path, project_root=root)
+    ev = evaluation["metrics"]
     t_total = time.perf_counter() - t0
     metrics = cell_metrics_from_evaluation(ev, cfg.model.tasks)
     record = {
@@ -96,7 +100,11 @@ def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow
         "seed": seed,
         **metrics,
         "cross_label_set": (ev.get("cross") or {}).get("label_set"),
+        # in-domain, by class name: the report groups them (left/right parts vs the rest)
+        "per_class_iou": dict(zip(LABEL_SETS[evaluation["label_set"]], map(_number, ev["per_class_iou"]))),
         "epochs": cfg.train.epochs,
+        # [[epoch, val mIoU], ...]: the report judges convergence from it
+        "val_miou_history": [[r["epoch"], r["val_miou"]] for r in result.history if "val_miou" in r],
         "train_seconds": round(t_train, 2),
         "total_seconds": round(t_total, 2),
         "train_run_id": result.mlflow_run_id,
@@ -108,19 +116,19 @@ def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow
     return record
 
 
+def _number(v: Any) -> float | None:  # NaN (nothing to measure) -> None: valid JSON, skipped in means
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
 def cell_metrics_from_evaluation(ev: dict, tasks: tuple[str, ...]) -> dict[str, float | None]:
     """The ablation's columns picked out of the evaluation's metrics dict."""
     cross = ev.get("cross") or {}
-
-    def number(v: Any) -> float | None:  # NaN (nothing to measure) -> None: valid JSON, skipped in means
-        return float(v) if v is not None and math.isfinite(v) else None
-
     return {
-        "miou": number(ev["miou"]),
-        "pixel_acc": number(ev["pixel_acc"]),
-        "mean_acc": number(ev["mean_acc"]),
-        "cross_miou": number(cross.get("coarse_miou")),
-        "pckh": number(ev.get("pckh")) if "pose" in tasks else None,
+        "miou": _number(ev["miou"]),
+        "pixel_acc": _number(ev["pixel_acc"]),
+        "mean_acc": _number(ev["mean_acc"]),
+        "cross_miou": _number(cross.get("coarse_miou")),
+        "pckh": _number(ev.get("pckh")) if "pose" in tasks else None,
     }
 
 

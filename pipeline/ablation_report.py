@@ -1,27 +1,37 @@
 """`spd ablation report`: every cell's metrics aggregated over seeds -> reports/ablation.{md,json,png}.
 
-Mean ± sample std per task set and metric, the difference to {seg} with its standard deviation and
-a 2σ verdict, findings generated from those numbers, a bar plot, and one MLflow parent run with a
-nested run per cell. The cells themselves are trained by `spd ablation run` (pipeline/ablation.py).
+Mean ± sample std per task set and metric; for each task set against {seg} on the judged metrics,
+the difference, its confidence interval, the minimum detectable effect and a verdict with its
+generated reason (pipeline/ablation_stats.py), every cell flagged that had not converged or lies
+below the usefulness floor; a bar plot, and one MLflow parent run with a nested run per cell.
+The cells themselves are trained by `spd ablation run` (pipeline/ablation.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import math
 import os
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import ablation_stats as stats
 from pipeline.ablation import METRICS, braced, cell_dir, cell_name
-from pipeline.config import Params
+from pipeline.config import AblationConfig, Params
 from pipeline.runtime import METRICS_DIR, numeric_only
 from spd.errors import SpdError
 
 BASELINE = "seg"
-SIGNIFICANCE_SIGMAS = 2.0
+# Judged against {seg}: in-domain mIoU, its class groups (structural supervision should help most
+# where left and right get confused) and the cross-dataset column.
+JUDGED = ("miou", "miou_lr", "miou_rest", "cross_miou")
+
+
+def with_class_groups(cell: dict) -> dict:
+    """The cell plus miou_lr / miou_rest from its per-class IoU (None for a cell that lacks it)."""
+    per_class = cell.get("per_class_iou") or {}
+    return cell | stats.class_group_mious(list(per_class.values()), list(per_class))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,105 +39,56 @@ SIGNIFICANCE_SIGMAS = 2.0
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Summary:
-    values: tuple[float, ...]
-    mean: float
-    std: float | None  # sample standard deviation; None with a single seed
-
-    @classmethod
-    def of(cls, values: list[float]) -> Summary:
-        std = statistics.stdev(values) if len(values) > 1 else None
-        return cls(tuple(values), statistics.fmean(values), std)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    delta: float  # mean(task set) - mean({seg})
-    sigma: float | None  # std of that difference of means: sqrt(s1²/n1 + s0²/n0)
-    significant: bool | None  # |delta| > 2 sigma; None when a std is undefined (one seed)
-
-
-def compare(x: Summary, base: Summary) -> Comparison:
-    delta = x.mean - base.mean
-    if x.std is None or base.std is None:
-        return Comparison(delta, None, None)
-    sigma = math.sqrt(x.std**2 / len(x.values) + base.std**2 / len(base.values))
-    return Comparison(delta, sigma, abs(delta) > SIGNIFICANCE_SIGMAS * sigma)
-
-
 def aggregate(cells: list[dict], task_sets: tuple[str, ...]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{task set: {metric: {mean, std, n, values, delta, sigma_delta, significant}}} over seeds."""
-    summaries: dict[str, dict[str, Summary]] = {}
+    """{task set: {metric: {mean, std, n, values}}} over seeds (std None with one seed)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for ts in task_sets:
         rows = [c for c in cells if c["task_set"] == ts]
-        summaries[ts] = {}
+        out[ts] = {}
         for key, _ in METRICS:
             vals = [float(c[key]) for c in rows if c.get(key) is not None]
             if vals:
-                summaries[ts][key] = Summary.of(vals)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    base = summaries.get(BASELINE, {})
-    for ts, per_metric in summaries.items():
-        out[ts] = {}
-        for key, s in per_metric.items():
-            entry: dict[str, Any] = {
-                "mean": s.mean,
-                "std": s.std,
-                "n": len(s.values),
-                "values": list(s.values),
-            }
-            if ts != BASELINE and key in base:
-                c = compare(s, base[key])
-                entry.update(delta=c.delta, sigma_delta=c.sigma, significant=c.significant)
-            out[ts][key] = entry
+                std = statistics.stdev(vals) if len(vals) > 1 else None
+                out[ts][key] = {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": vals}
     return out
 
 
-def findings(agg: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+def judge_cells(cells: list[dict], a: AblationConfig) -> tuple[dict[str, stats.CellStatus], list[dict]]:
+    """Every cell's status, and every task set's comparison with {seg} on the JUDGED metrics."""
+    th = stats.Thresholds.of(a)
+    named = [(cell_name(c["task_set"], c["seed"]), c) for c in cells]
+    status = {name: stats.cell_status(c.get("val_miou_history"), c.get("miou"), th) for name, c in named}
+
+    def per_seed(ts: str, key: str) -> dict[int, float]:
+        return {c["seed"]: float(c[key]) for c in cells if c["task_set"] == ts and c.get(key) is not None}
+
+    comparisons = []
+    for ts in a.task_sets:
+        if ts == BASELINE:
+            continue
+        arms = {name: status[name] for name, c in named if c["task_set"] in (ts, BASELINE)}
+        for key in JUDGED:
+            values, base = per_seed(ts, key), per_seed(BASELINE, key)
+            if values and base:
+                comparisons.append({"task_set": ts, "metric": key} | stats.compare(values, base, arms, th))
+    return status, comparisons
+
+
+def findings(comparisons: list[dict], status: dict[str, stats.CellStatus], a: AblationConfig) -> list[str]:
     """Plain sentences of what the numbers show, generated from them (never typed by hand)."""
-    lines: list[str] = []
-    compared = [(ts, key, e) for ts, m in agg.items() for key, e in m.items() if "delta" in e]
-    if not compared:
+    if not comparisons:
         return ["Nothing to compare: the {seg} baseline or the other task sets are missing."]
-    undetermined = [x for x in compared if x[2]["significant"] is None]
-    significant = [x for x in compared if x[2]["significant"]]
-    label = dict(METRICS)
-    for ts, key, e in significant:
-        word = "better" if e["delta"] > 0 else "worse"
-        lines.append(
-            f"{braced(ts)} is significantly {word} than {{seg}} on {label[key]}: "
-            f"Δ = {e['delta']:+.4f}, more than {SIGNIFICANCE_SIGMAS:g}σ = "
-            f"{SIGNIFICANCE_SIGMAS * e['sigma_delta']:.4f}."
-        )
-    if undetermined:
-        lines.append(
-            "Significance cannot be judged with a single seed per task set (no standard deviation); "
-            "add seeds to ablation.seeds."
-        )
-    elif significant:
-        lines.append(
-            f"All other differences to {{seg}} are within {SIGNIFICANCE_SIGMAS:g}σ: not significant."
-        )
-    else:
-        lines.append(
-            f"No significant difference: no task set differs from {{seg}} by more than "
-            f"{SIGNIFICANCE_SIGMAS:g}σ on any metric, so these runs neither confirm nor refute the paper's "
-            "claim that pose and DensePose help segmentation."
-        )
-    fewest = min(e["n"] for _, _, e in compared)
-    if 1 < fewest < 3:
-        lines.append(
-            f"Only {fewest} seeds per task set: the standard deviations are rough, so read every "
-            f"{SIGNIFICANCE_SIGMAS:g}σ verdict as indicative; add seeds to ablation.seeds to firm it up."
-        )
-    best = max(agg, key=lambda ts: agg[ts]["miou"]["mean"] if "miou" in agg[ts] else -1.0)
-    lines.append(f"Highest mean in-domain mIoU: {braced(best)} ({agg[best]['miou']['mean']:.4f}).")
-    if any("cross_miou" in m for m in agg.values()):
-        best_x = max(agg, key=lambda ts: agg[ts]["cross_miou"]["mean"] if "cross_miou" in agg[ts] else -1.0)
-        lines.append(
-            f"Highest mean cross-domain mIoU: {braced(best_x)} ({agg[best_x]['cross_miou']['mean']:.4f})."
-        )
+    th, label = stats.Thresholds.of(a), dict(METRICS)
+    lines = [
+        stats.describe(c, f"{braced(c['task_set'])} vs {{seg}}, {label[c['metric']]}", th)
+        for c in comparisons
+    ]
+    counts = {v: sum(c["verdict"] == v for c in comparisons) for v in (stats.EFFECT, stats.NO_EFFECT)}
+    counts[stats.INCONCLUSIVE] = len(comparisons) - sum(counts.values())
+    lines.append("Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    flagged = [name for name, s in status.items() if s.problems]
+    if flagged:
+        lines.append(f"{len(flagged)} of {len(status)} cells flagged (see Cells): {', '.join(flagged)}.")
     return lines
 
 
@@ -142,16 +103,41 @@ def _fmt(e: dict[str, Any] | None) -> str:
     return f"{e['mean']:.4f}" + (f" ± {e['std']:.4f}" if e["std"] is not None else "")
 
 
-def _fmt_delta(e: dict[str, Any] | None) -> str:
-    if e is None or "delta" not in e:
-        return "—"
-    if e["significant"] is None:
-        return f"{e['delta']:+.4f} (σ n/a)"
-    return f"{e['delta']:+.4f} ({'yes' if e['significant'] else 'no'}, 2σ = {2 * e['sigma_delta']:.4f})"
+def _difference_table(comparisons: list[dict], a: AblationConfig) -> list[str]:
+    label = dict(METRICS)
+    lines = [
+        f"| task set | metric | Δ | {a.confidence:.0%} CI | MDE | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        ci = "—" if c["ci"] is None else f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
+        mde = "—" if c["mde"] is None else f"{c['mde']:.4f}"
+        lines.append(
+            f"| {braced(c['task_set'])} | {label[c['metric']]} | {c['delta']:+.4f} | {ci} | {mde} "
+            f"| {c['verdict']} |"
+        )
+    return lines
 
 
-def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[str]) -> str:
+def _cells_table(cells: list[dict], status: dict[str, stats.CellStatus]) -> list[str]:
+    lines = [
+        "| cell | " + " | ".join(label for _, label in METRICS) + " | val mIoU slope | flags | seconds |",
+        "|---|" + "---|" * (len(METRICS) + 3),
+    ]
+    for c in cells:
+        name = cell_name(c["task_set"], c["seed"])
+        s = status[name]
+        vals = " | ".join("—" if c.get(k) is None else f"{c[k]:.4f}" for k, _ in METRICS)
+        slope = "—" if s.slope is None else f"{s.slope:+.4f}/epoch"
+        flags = "; ".join(s.problems) or "converged, above the floor"
+        lines.append(f"| {name} | {vals} | {slope} | {flags} | {c.get('total_seconds', 0):.0f} |")
+    return lines
+
+
+def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[str], judged: tuple) -> str:
+    """judged: judge_cells' (cell statuses, comparisons)."""
     a = params.ablation
+    status, comparisons = judged
     cols = [label for _, label in METRICS]
     lines = [
         "# Task ablation",
@@ -160,7 +146,8 @@ def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[st
         f"seeds {list(a.seeds)}; {a.epochs} epoch(s) each; backbone {params.model.backbone}, "
         f"output stride {params.model.output_stride}; otherwise the settings of `train`. "
         "In-domain: the main dataset's val split; cross-domain: the second dataset's val split scored "
-        "on the shared coarse groups (spd.labels.COARSE_GROUPS). Each entry is mean ± sample std over seeds.",
+        "on the shared coarse groups (spd.labels.COARSE_GROUPS). Left/right parts: the classes named "
+        "left_*/right_*; other classes: the rest, background included.",
         "",
         "## Findings",
         "",
@@ -174,35 +161,22 @@ def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[st
     for ts in a.task_sets:
         row = agg.get(ts, {})
         lines.append(f"| {braced(ts)} | " + " | ".join(_fmt(row.get(k)) for k, _ in METRICS) + " |")
+    plot = os.path.relpath(Path(a.plot), Path(a.report).parent)
     lines += [
         "",
         "## Difference to {seg}",
         "",
-        f"Δ = mean − mean({{seg}}); significant when |Δ| > {SIGNIFICANCE_SIGMAS:g}σ, where σ = "
-        "sqrt(s²/n + s_seg²/n_seg) is the standard deviation of the difference of the two means.",
+        *_difference_table(comparisons, a),
         "",
-        "| task set | " + " | ".join(cols[:-1]) + " |",
-        "|---|" + "---|" * (len(cols) - 1),
-    ]
-    for ts in a.task_sets:
-        if ts == BASELINE:
-            continue
-        row = agg.get(ts, {})
-        lines.append(
-            f"| {braced(ts)} | " + " | ".join(_fmt_delta(row.get(k)) for k, _ in METRICS[:-1]) + " |"
-        )
-    lines += [
+        stats.method_text(stats.Thresholds.of(a)),
         "",
         "## Cells",
         "",
-        "| cell | " + " | ".join(cols) + " | seconds |",
-        "|---|" + "---|" * (len(cols) + 1),
+        *_cells_table(cells, status),
+        "",
+        f"![task ablation: mean ± std over seeds]({plot})",
+        "",
     ]
-    for c in cells:
-        vals = " | ".join("—" if c.get(k) is None else f"{c[k]:.4f}" for k, _ in METRICS)
-        lines.append(f"| {cell_name(c['task_set'], c['seed'])} | {vals} | {c.get('total_seconds', 0):.0f} |")
-    plot = os.path.relpath(Path(a.plot), Path(a.report).parent)
-    lines += ["", f"![task ablation: mean ± std over seeds]({plot})", ""]
     return "\n".join(lines)
 
 
@@ -258,8 +232,11 @@ def _metric_key(name: str) -> str:
     return name.replace("+", "_")  # MLflow metric names allow [A-Za-z0-9_-./ ], not '+'
 
 
-def log_to_mlflow(params: Params, root: Path, agg: dict, cells: list[dict], files: list[Path]) -> str:
-    """One parent run (aggregates + report files) with a nested run per cell; returns the parent's id."""
+def log_to_mlflow(
+    params: Params, root: Path, agg: dict, cells: list[dict], files: list[Path], comparisons: list[dict]
+) -> str:
+    """One parent run (aggregates, differences to {seg}, report files) with a nested run per cell;
+    returns the parent's id."""
     import mlflow
 
     from pipeline.runtime import check_tracking_reachable, get_or_create_experiment, tracking_uri
@@ -281,8 +258,10 @@ def log_to_mlflow(params: Params, root: Path, agg: dict, cells: list[dict], file
                 mlflow.log_metric(f"{_metric_key(ts)}.{key}_mean", e["mean"])
                 if e["std"] is not None:
                     mlflow.log_metric(f"{_metric_key(ts)}.{key}_std", e["std"])
-                if e.get("delta") is not None:
-                    mlflow.log_metric(f"{_metric_key(ts)}.{key}_delta", e["delta"])
+        for c in comparisons:
+            mlflow.log_metric(f"{_metric_key(c['task_set'])}.{c['metric']}_delta", c["delta"])
+            if c["mde"] is not None:
+                mlflow.log_metric(f"{_metric_key(c['task_set'])}.{c['metric']}_mde", c["mde"])
         for f in files:
             mlflow.log_artifact(str(f))
         for c in cells:
@@ -300,25 +279,33 @@ def write_report(params: Params, root: Path, log_mlflow: bool = True) -> dict:
     """Aggregate all cells into reports/ablation.{md,json,png} (atomically) and MLflow."""
     from spd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-    cells = read_cells(params, root)
+    cells = [with_class_groups(c) for c in read_cells(params, root)]
     a = params.ablation
     agg = aggregate(cells, a.task_sets)
-    notes = findings(agg)
+    status, comparisons = judged = judge_cells(cells, a)
+    notes = findings(comparisons, status, a)
     md_path = root / a.report
     json_path, png_path = root / a.metrics, root / a.plot
     doc = {
         "task_sets": {ts: agg.get(ts, {}) for ts in a.task_sets},
+        "comparisons": comparisons,
         "cells": {cell_name(c["task_set"], c["seed"]): c for c in cells},
+        "cell_status": {name: dataclasses.asdict(s) for name, s in status.items()},
         "findings": notes,
-        "settings": {"seeds": list(a.seeds), "epochs": a.epochs, "significance_sigmas": SIGNIFICANCE_SIGMAS},
+        "settings": {
+            "seeds": list(a.seeds),
+            "epochs": a.epochs,
+            **dataclasses.asdict(stats.Thresholds.of(a)),
+        },
     }
     atomic_write_bytes(png_path, render_plot(agg, a.task_sets))
     atomic_write_json(json_path, doc)
     means = {ts: {k: e["mean"] for k, e in agg.get(ts, {}).items()} for ts in a.task_sets}
     atomic_write_json(root / METRICS_DIR / "ablation.json", numeric_only(means))
-    atomic_write_text(md_path, render_markdown(params, agg, cells, notes))
+    atomic_write_text(md_path, render_markdown(params, agg, cells, notes, judged))
     if log_mlflow:
-        doc["mlflow_parent_run_id"] = log_to_mlflow(params, root, agg, cells, [md_path, json_path, png_path])
+        files = [md_path, json_path, png_path]
+        doc["mlflow_parent_run_id"] = log_to_mlflow(params, root, agg, cells, files, comparisons)
     for n in notes:
         print(n)
     print(f"wrote {a.report}, {a.metrics}, {a.plot}")

@@ -118,6 +118,12 @@ class AblationConfig:
     report: str
     metrics: str  # the report's numbers, for `dvc metrics`
     plot: str
+    confidence: float  # the report's statistics (pipeline/ablation_stats.py): CI level,
+    power: float  # power at which the minimum detectable effect (MDE) is computed,
+    mde_target: float  # the MDE a decisive ablation must reach,
+    floor_miou: float  # usefulness floor of a cell's in-domain mIoU,
+    converge_epochs: int  # convergence: over the last this-many validated epochs ...
+    converge_slope: float  # ... val mIoU rises at most this much per epoch
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,12 @@ _RULES: list[tuple[str, Any, str]] = [
     ("tune.workers_per_trial", _positive, "a positive integer"),
     ("tune.cpus_per_worker", _positive, "a positive number"),
     ("ablation.epochs", _positive, "a positive integer"),
+    ("ablation.confidence", _fraction, "a fraction strictly between 0 and 1"),
+    ("ablation.power", _fraction, "a fraction strictly between 0 and 1"),
+    ("ablation.mde_target", _positive, "a positive number"),
+    ("ablation.floor_miou", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("ablation.converge_epochs", lambda v: v >= 2, "an integer >= 2"),
+    ("ablation.converge_slope", _non_negative, "a number >= 0"),
 ]
 
 
