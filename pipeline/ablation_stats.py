@@ -120,18 +120,26 @@ class CellStatus:
     problems: tuple[str, ...]  # generated words; empty when converged and useful
 
 
+def _val_curve(history: object) -> list[tuple[float, float]] | None:
+    """[(epoch, val mIoU)] without missing values; None when `history` is not such a list."""
+    try:
+        return [(float(e), float(v)) for e, v in history or () if v is not None and math.isfinite(v)]
+    except (TypeError, ValueError):  # a hand-edited or foreign metrics.json: judged, not crashed on
+        return None
+
+
 def cell_status(history: Sequence[Sequence[float]] | None, miou: float | None, th: Thresholds) -> CellStatus:
     """Judge one cell from its [[epoch, val mIoU], ...] history and its final in-domain mIoU."""
     problems: list[str] = []
-    points = [(float(e), float(v)) for e, v in history or () if v is not None and math.isfinite(v)]
-    slope = None
-    if len(points) < max(2, th.converge_epochs):
+    points, needed, slope = _val_curve(history), max(2, th.converge_epochs), None
+    if points is None:
+        problems.append("not converged: val_miou_history is not a list of [epoch, val mIoU]")
+    elif len(points) < needed:
         problems.append(
-            f"not converged: {len(points)} validated epoch(s), the convergence rule needs the last "
-            f"{max(2, th.converge_epochs)}"
+            f"not converged: {len(points)} validated epoch(s), the convergence rule needs the last {needed}"
         )
     else:
-        epochs, values = np.array(points[-th.converge_epochs :]).T
+        epochs, values = np.array(points[-needed:]).T
         slope = float(np.polyfit(epochs, values, 1)[0])
         if slope > th.converge_slope:
             problems.append(
@@ -195,13 +203,18 @@ def seeds_for_target(diff: Difference, th: Thresholds) -> int | None:
     """About how many seeds per arm would bring the MDE to the target at this spread (None: > 100)."""
     if diff.sd is None:
         return None
-    if diff.sd == 0.0:
-        return 2
-    for n in range(2, MAX_SEEDS_SUGGESTED + 1):
+
+    def mde_at(n: int) -> float:  # the spread held fixed; decreases with n
         se = diff.sd / math.sqrt(n) if diff.paired else diff.sd * math.sqrt(2.0 / n)
-        if _mde(se, n - 1.0 if diff.paired else 2.0 * n - 2.0, th) <= th.mde_target:
-            return n
-    return None
+        return _mde(se, n - 1.0 if diff.paired else 2.0 * n - 2.0, th)
+
+    lo, hi = 2, MAX_SEEDS_SUGGESTED
+    if mde_at(hi) > th.mde_target:
+        return None
+    while lo < hi:  # the smallest n with mde_at(n) <= target
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if mde_at(mid) <= th.mde_target else (mid + 1, hi)
+    return lo
 
 
 # ---------------------------------------------------------------------------------------------
