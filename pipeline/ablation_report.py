@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline import ablation_stats as stats
 from pipeline.ablation import METRICS, braced, cell_dir, cell_name
-from pipeline.config import AblationConfig, Params
+from pipeline.config import Params
 from pipeline.runtime import METRICS_DIR, numeric_only
 from spd.errors import SpdError
 
@@ -53,9 +53,10 @@ def aggregate(cells: list[dict], task_sets: tuple[str, ...]) -> dict[str, dict[s
     return out
 
 
-def judge_cells(cells: list[dict], a: AblationConfig) -> tuple[dict[str, stats.CellStatus], list[dict]]:
+def judge_cells(
+    cells: list[dict], task_sets: tuple[str, ...], th: stats.Thresholds
+) -> tuple[dict[str, stats.CellStatus], list[dict]]:
     """Every cell's status, and every task set's comparison with {seg} on the JUDGED metrics."""
-    th = stats.Thresholds.of(a)
     named = [(cell_name(c["task_set"], c["seed"]), c) for c in cells]
     status = {name: stats.cell_status(c.get("val_miou_history"), c.get("miou"), th) for name, c in named}
 
@@ -63,7 +64,7 @@ def judge_cells(cells: list[dict], a: AblationConfig) -> tuple[dict[str, stats.C
         return {c["seed"]: float(c[key]) for c in cells if c["task_set"] == ts and c.get(key) is not None}
 
     comparisons = []
-    for ts in a.task_sets:
+    for ts in task_sets:
         if ts == BASELINE:
             continue
         arms = {name: status[name] for name, c in named if c["task_set"] in (ts, BASELINE)}
@@ -74,11 +75,11 @@ def judge_cells(cells: list[dict], a: AblationConfig) -> tuple[dict[str, stats.C
     return status, comparisons
 
 
-def findings(comparisons: list[dict], status: dict[str, stats.CellStatus], a: AblationConfig) -> list[str]:
+def findings(comparisons: list[dict], status: dict[str, stats.CellStatus], th: stats.Thresholds) -> list[str]:
     """Plain sentences of what the numbers show, generated from them (never typed by hand)."""
     if not comparisons:
         return ["Nothing to compare: the {seg} baseline or the other task sets are missing."]
-    th, label = stats.Thresholds.of(a), dict(METRICS)
+    label = dict(METRICS)
     lines = [
         stats.describe(c, f"{braced(c['task_set'])} vs {{seg}}, {label[c['metric']]}", th)
         for c in comparisons
@@ -103,10 +104,10 @@ def _fmt(e: dict[str, Any] | None) -> str:
     return f"{e['mean']:.4f}" + (f" ± {e['std']:.4f}" if e["std"] is not None else "")
 
 
-def _difference_table(comparisons: list[dict], a: AblationConfig) -> list[str]:
+def _difference_table(comparisons: list[dict], th: stats.Thresholds) -> list[str]:
     label = dict(METRICS)
     lines = [
-        f"| task set | metric | Δ | {a.confidence:.0%} CI | MDE | verdict |",
+        f"| task set | metric | Δ | {th.confidence:.0%} CI | MDE | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for c in comparisons:
@@ -136,7 +137,7 @@ def _cells_table(cells: list[dict], status: dict[str, stats.CellStatus]) -> list
 
 def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[str], judged: tuple) -> str:
     """judged: judge_cells' (cell statuses, comparisons)."""
-    a = params.ablation
+    a, th = params.ablation, stats.Thresholds.of(params.ablation)
     status, comparisons = judged
     cols = [label for _, label in METRICS]
     lines = [
@@ -166,9 +167,9 @@ def render_markdown(params: Params, agg: dict, cells: list[dict], notes: list[st
         "",
         "## Difference to {seg}",
         "",
-        *_difference_table(comparisons, a),
+        *_difference_table(comparisons, th),
         "",
-        stats.method_text(stats.Thresholds.of(a)),
+        stats.method_text(th),
         "",
         "## Cells",
         "",
@@ -282,8 +283,9 @@ def write_report(params: Params, root: Path, log_mlflow: bool = True) -> dict:
     cells = [with_class_groups(c) for c in read_cells(params, root)]
     a = params.ablation
     agg = aggregate(cells, a.task_sets)
-    status, comparisons = judged = judge_cells(cells, a)
-    notes = findings(comparisons, status, a)
+    th = stats.Thresholds.of(a)
+    status, comparisons = judged = judge_cells(cells, a.task_sets, th)
+    notes = findings(comparisons, status, th)
     md_path = root / a.report
     json_path, png_path = root / a.metrics, root / a.plot
     doc = {
@@ -295,7 +297,7 @@ def write_report(params: Params, root: Path, log_mlflow: bool = True) -> dict:
         "settings": {
             "seeds": list(a.seeds),
             "epochs": a.epochs,
-            **dataclasses.asdict(stats.Thresholds.of(a)),
+            **dataclasses.asdict(th),
         },
     }
     atomic_write_bytes(png_path, render_plot(agg, a.task_sets))

@@ -97,14 +97,14 @@ def t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The ablation section's statistics keys (see params.yaml)."""
+    """The ablation section's statistics keys (params.yaml holds their values and why)."""
 
-    confidence: float = 0.95  # of the CIs; the MDE's test is two-sided at alpha = 1 - confidence
-    power: float = 0.8
-    mde_target: float = 0.02  # 2 mIoU points
-    floor_miou: float = 0.2  # a cell below this in-domain mIoU supports no claim
-    converge_epochs: int = 3  # convergence is judged on the last this-many validated epochs
-    converge_slope: float = 0.005  # ... which must rise by at most this much val mIoU per epoch
+    confidence: float  # of the CIs; the MDE's test is two-sided at alpha = 1 - confidence
+    power: float  # at which the MDE is computed
+    mde_target: float  # the MDE a decisive ablation must reach
+    floor_miou: float  # a cell below this in-domain mIoU supports no claim
+    converge_epochs: int  # convergence is judged on the last this-many validated epochs ...
+    converge_slope: float  # ... over which val mIoU may rise at most this much per epoch
 
     @classmethod
     def of(cls, cfg: object) -> Thresholds:

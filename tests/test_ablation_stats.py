@@ -4,23 +4,26 @@ reason) whenever a cell has not converged, is useless, or the seeds are too few 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline import ablation_stats as stats
 from pipeline.ablation_report import findings, judge_cells, with_class_groups
-from pipeline.config import load_params, params_from_dict
-from spd.config import ConfigError, replace
+from pipeline.config import params_from_dict
+from spd.config import ConfigError
 from spd.labels import LIP_CLASSES
-from tests.conftest import ROOT
-
-ABLATION = load_params(ROOT / "params.yaml").ablation  # its statistics keys as shipped
 
 SEG_BY_SEED = [0.40, 0.50, 0.45, 0.55]  # {seg} varies a lot from seed to seed ...
 FLAT = [[1, 0.30], [2, 0.40], [3, 0.449], [4, 0.450], [5, 0.451]]  # +0.001/epoch over the last 3
 RISING = [[1, 0.10], [2, 0.20], [3, 0.30]]  # +0.1/epoch
+# The defaults of params.yaml's ablation section (the last test checks that they are)
+THRESHOLDS = stats.Thresholds(
+    confidence=0.95, power=0.8, mde_target=0.02, floor_miou=0.2, converge_epochs=3, converge_slope=0.005
+)
 
 
 def _cells(differences: list[float], history: list = FLAT, seg: list[float] = SEG_BY_SEED) -> list[dict]:
@@ -36,8 +39,7 @@ def _cells(differences: list[float], history: list = FLAT, seg: list[float] = SE
 
 def _judge(cells: list[dict], **thresholds) -> dict[str, dict]:
     """{metric: comparison} of {seg, pose} vs {seg}."""
-    cfg = replace(ABLATION, task_sets=("seg", "seg+pose"), seeds=(0, 1, 2, 3), **thresholds)
-    _, comparisons = judge_cells(cells, cfg)
+    _, comparisons = judge_cells(cells, ("seg", "seg+pose"), dataclasses.replace(THRESHOLDS, **thresholds))
     return {c["metric"]: c for c in comparisons}
 
 
@@ -130,9 +132,9 @@ def test_a_single_seed_has_no_ci_and_is_inconclusive() -> None:
 
 
 def test_findings_state_numbers_verdict_and_reason_and_never_claim_significance() -> None:
-    cfg = replace(ABLATION, task_sets=("seg", "seg+pose"), seeds=(0, 1, 2, 3))
-    status, comparisons = judge_cells(_cells([0.03, -0.03, 0.02, -0.02], history=RISING), cfg)
-    lines = findings(comparisons, status, cfg)
+    cells = _cells([0.03, -0.03, 0.02, -0.02], history=RISING)
+    status, comparisons = judge_cells(cells, ("seg", "seg+pose"), THRESHOLDS)
+    lines = findings(comparisons, status, THRESHOLDS)
     assert lines[0].startswith("{seg, pose} vs {seg}, in-domain mIoU: Δ = +0.0000, 95% CI [")
     assert "(4 seeds, paired by seed) → **inconclusive**: 8 of 8 cells not converged" in lines[0]
     assert "Verdicts: 0 effect, 0 no effect larger than MDE, 2 inconclusive." in lines
@@ -164,9 +166,9 @@ def test_class_groups_split_left_right_parts_from_the_rest() -> None:
     ("key", "value"),
     [("converge_epochs", 1), ("confidence", 1.0), ("power", 0), ("mde_target", -0.1), ("floor_miou", 1.5)],
 )
-def test_statistics_thresholds_are_validated_params(key: str, value: float) -> None:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert stats.Thresholds.of(params_from_dict(raw).ablation) == stats.Thresholds()
+def test_statistics_thresholds_are_validated_params(project_root: Path, key: str, value: float) -> None:
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    assert stats.Thresholds.of(params_from_dict(raw).ablation) == THRESHOLDS
     raw["ablation"][key] = value
     with pytest.raises(ConfigError, match=f"ablation.{key}"):
         params_from_dict(raw)
