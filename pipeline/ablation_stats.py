@@ -148,8 +148,8 @@ def cell_status(history: Sequence[Sequence[float]] | None, miou: float | None, t
             )
     useful = miou is not None and miou >= th.floor_miou
     if not useful:
-        shown = "missing" if miou is None else f"{miou:.4f}"
-        problems.append(f"below the usefulness floor: in-domain mIoU {shown} < {th.floor_miou:g}")
+        shown = "missing" if miou is None else f"< {th.floor_miou:g}"
+        problems.append(f"below the usefulness floor: in-domain mIoU {shown}")
     converged = slope is not None and slope <= th.converge_slope
     return CellStatus(converged, useful, slope, tuple(problems))
 
@@ -228,20 +228,28 @@ class Verdict:
     reason: str  # generated words
 
 
-def _cells_with(statuses: Mapping[str, CellStatus], flag: str) -> list[str]:
-    return [
-        f"{name} ({'; '.join(p for p in s.problems if p.startswith(flag))})"
-        for name, s in statuses.items()
-        if any(p.startswith(flag) for p in s.problems)
-    ]
+FLAGS = ("not converged", "below the usefulness floor")  # the prefixes of CellStatus.problems
+
+
+def _flagged(statuses: Mapping[str, CellStatus], flag: str) -> str | None:
+    """'N of M cells <flag> (<detail>: cell, cell; <detail>: cell)', or None when no cell has it."""
+    by_detail: dict[str, list[str]] = {}
+    for name, s in statuses.items():
+        for p in s.problems:
+            if p.startswith(flag + ": "):
+                by_detail.setdefault(p.removeprefix(flag + ": "), []).append(name)
+    if not by_detail:
+        return None
+    count = sum(len(names) for names in by_detail.values())
+    details = "; ".join(f"{detail}: {', '.join(names)}" for detail, names in by_detail.items())
+    return f"{count} of {len(statuses)} cells {flag} ({details})"
 
 
 def judge(diff: Difference, statuses: Mapping[str, CellStatus], th: Thresholds) -> Verdict:
     """The verdict on one comparison; statuses: {cell name: status} of the cells of both arms."""
-    for flag in ("not converged", "below the usefulness floor"):
-        named = _cells_with(statuses, flag)
-        if named:
-            return Verdict(INCONCLUSIVE, f"{len(named)} of {len(statuses)} cells {flag}: " + ", ".join(named))
+    flagged = [text for text in (_flagged(statuses, flag) for flag in FLAGS) if text]
+    if flagged:
+        return Verdict(INCONCLUSIVE, "; ".join(flagged))
     if diff.ci is None or diff.mde is None:
         return Verdict(INCONCLUSIVE, "a single seed per task set: no spread, so no CI and no MDE")
     lo, hi = diff.ci

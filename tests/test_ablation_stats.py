@@ -99,8 +99,10 @@ def test_unconverged_cells_make_even_a_clear_difference_inconclusive() -> None:
     for metric in ("miou", "cross_miou"):  # the cross-dataset column is judged the same way
         c = judged[metric]
         assert c["verdict"] == stats.INCONCLUSIVE and c["ci"][0] > 0
-        assert c["reason"].startswith("8 of 8 cells not converged")
-        assert "seg-s0 (not converged: val mIoU still rising +0.1000/epoch over epochs 1–3" in c["reason"]
+        assert c["reason"] == (
+            "8 of 8 cells not converged (val mIoU still rising +0.1000/epoch over epochs 1–3 (limit 0.005): "
+            "seg-s0, seg-s1, seg-s2, seg-s3, seg+pose-s0, seg+pose-s1, seg+pose-s2, seg+pose-s3)"
+        )
 
 
 def test_too_few_validated_epochs_is_not_converged() -> None:
@@ -119,7 +121,10 @@ def test_cells_below_the_usefulness_floor_are_inconclusive() -> None:
     low = [0.05, 0.06, 0.05, 0.07]
     c = _judge(_cells([0.05, 0.06, 0.04, 0.05], seg=low))["miou"]
     assert c["verdict"] == stats.INCONCLUSIVE
-    assert "cells below the usefulness floor" in c["reason"] and "in-domain mIoU 0.0500 < 0.2" in c["reason"]
+    assert c["reason"] == (
+        "8 of 8 cells below the usefulness floor (in-domain mIoU < 0.2: "
+        "seg-s0, seg-s1, seg-s2, seg-s3, seg+pose-s0, seg+pose-s1, seg+pose-s2, seg+pose-s3)"
+    )
     assert (
         _judge(_cells([0.05, 0.06, 0.04, 0.05], seg=low), floor_miou=0.0)["miou"]["verdict"] == stats.EFFECT
     )
@@ -136,7 +141,7 @@ def test_findings_state_numbers_verdict_and_reason_and_never_claim_significance(
     status, comparisons = judge_cells(cells, ("seg", "seg+pose"), THRESHOLDS)
     lines = findings(comparisons, status, THRESHOLDS)
     assert lines[0].startswith("{seg, pose} vs {seg}, in-domain mIoU: Δ = +0.0000, 95% CI [")
-    assert "(4 seeds, paired by seed) → **inconclusive**: 8 of 8 cells not converged" in lines[0]
+    assert "(4 seeds, paired by seed) → **inconclusive**: 8 of 8 cells not converged (val mIoU" in lines[0]
     assert "Verdicts: 0 effect, 0 no effect larger than MDE, 2 inconclusive." in lines
     assert not any("significant" in line or "σ" in line for line in lines)
 
