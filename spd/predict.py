@@ -19,9 +19,9 @@ from torch import nn
 from spd.data.letterbox import Letterbox, letterbox_image, letterbox_params
 from spd.data.targets import decode_heatmaps
 from spd.errors import SpdError
-from spd.labels import class_flip_map, densepose_flip_map, joint_flip_map
 from spd.model.spd import load_model_file
 from spd.precision import autocast_dtype
+from spd.tta import flip_average
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -93,9 +93,6 @@ class Predictor:
         self.tasks = tuple(getattr(model, "tasks", ("seg",)))
         self.flip_tta = flip_tta
         self.autocast_dtype = autocast_dtype("auto", self.device)
-        self.class_perm = torch.as_tensor(class_flip_map(self.label_set), device=self.device)
-        self.joint_perm = torch.as_tensor(joint_flip_map(), device=self.device)
-        self.dp_perm = torch.as_tensor(densepose_flip_map(), device=self.device)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", flip_tta: bool = False) -> Predictor:
@@ -115,21 +112,8 @@ class Predictor:
         return {k: v.float() for k, v in out.items()}
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Head outputs (B, ., h, w); with flip TTA averaged with the un-flipped mirrored pass."""
-        if not self.flip_tta:
-            return self._run(x)
-        B = x.shape[0]
-        both = self._run(torch.cat([x, x.flip(-1)], dim=0))
-        out = {}
-        for k, v in both.items():
-            plain, mirrored = v[:B], v[B:].flip(-1)
-            perm = {"seg": self.class_perm, "seg_init": self.class_perm, "pose": self.joint_perm,
-                    "pose_init": self.joint_perm, "dp_index": self.dp_perm}.get(k)  # fmt: skip
-            if perm is None:  # U, V are not mirror-exact without a symmetry map: keep the plain pass
-                out[k] = plain
-            else:
-                out[k] = (plain + mirrored[:, perm]) / 2
-        return out
+        """Head outputs (B, ., h, w); with flip TTA averaged with the mirrored pass (spd.tta)."""
+        return flip_average(self._run, x, self.label_set) if self.flip_tta else self._run(x)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, *, iuv: bool = True) -> Prediction:
