@@ -47,6 +47,20 @@ class ConfusionMatrix:
     def reduce_from_all_processes(self) -> None:
         all_reduce_(self.mat)
 
+    def regroup(self, lut: np.ndarray, num_groups: int) -> ConfusionMatrix:
+        """The confusion of class groups: rows and columns summed by `lut` (class id -> group id).
+
+        Equals updating a `num_groups` matrix with lut[target], lut[pred], except that a pixel whose
+        class has no group (lut 255) is dropped from the rows (truth) and from the columns (prediction).
+        """
+        groups = torch.as_tensor(np.asarray(lut)[: self.num_classes]).long()  # (K,)
+        keep = groups != IGNORE
+        rows = torch.zeros(num_groups, self.num_classes, dtype=torch.int64)
+        rows.index_add_(0, groups[keep], self.mat[keep])  # (G, K): truth summed into groups
+        out = ConfusionMatrix(num_groups)
+        out.mat.index_add_(1, groups[keep], rows[:, keep])  # (G, G): predictions summed too
+        return out
+
     def compute(self) -> dict:
         m = self.mat.double()
         pos, res, tp = m.sum(1), m.sum(0), m.diag()  # ground truth, predicted, correct per class

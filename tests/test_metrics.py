@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from spd.labels import COARSE_GROUPS, IGNORE, LABEL_SETS, coarse_lut
 from spd.metrics import ConfusionMatrix, DensePoseAccumulator, PCKhAccumulator, PerImageIoU
 
 
@@ -59,6 +60,29 @@ def test_equals_schp_formula_on_random_label_maps():
     assert ours["per_class_iou"] == pytest.approx(list(ref["per_class_iou"]))
     for key in ("miou", "pixel_acc", "mean_acc"):
         assert ours[key] == pytest.approx(ref[key])
+
+
+def test_coarse_groups_from_the_fine_confusion_equal_scoring_the_grouped_labels():
+    """Regrouping the fine matrix is what scoring lut[target] against lut[pred] counts, for LIP
+    (every class has a group) and ATR (belt, bag have none: their pixels drop out of the score)."""
+    rng = np.random.default_rng(3)
+    for label_set in ("lip", "atr"):
+        lut, k = coarse_lut(label_set), len(LABEL_SETS[label_set])
+        gt = rng.integers(0, k, (6, 31, 23))
+        gt[rng.random(gt.shape) < 0.1] = IGNORE
+        pred = np.where(
+            rng.random(gt.shape) < 0.5, np.where(gt == IGNORE, 0, gt), rng.integers(0, k, gt.shape)
+        )
+        fine = ConfusionMatrix(k)
+        fine.update(gt, pred)
+        grouped_gt, grouped_pred = lut[gt], lut[pred]
+        grouped_gt[grouped_pred == IGNORE] = IGNORE  # a prediction without a group is not scored
+        direct = ConfusionMatrix(len(COARSE_GROUPS))
+        direct.update(grouped_gt, grouped_pred)
+        regrouped = fine.regroup(lut, len(COARSE_GROUPS))
+        assert torch.equal(regrouped.mat, direct.mat), label_set
+        assert regrouped.compute() == direct.compute()
+    assert (coarse_lut("atr")[: len(LABEL_SETS["atr"])] == IGNORE).sum() == 2  # the case is exercised
 
 
 def test_per_image_miou_is_the_mean_of_image_scores():
