@@ -12,13 +12,16 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spd.config import TrainConfig
 from spd.data.targets import decode_heatmaps
+from spd.labels import IGNORE
 from spd.metrics import ConfusionMatrix, DensePoseAccumulator, PCKhAccumulator, PerImageIoU, all_reduce_
+from spd.tta import flip_average
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -142,7 +145,117 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
 
 
+LabelMaps = tuple[np.ndarray, np.ndarray]  # (truth lut, prediction lut): (256,) ids -> shared ids
+
+
+class EvalAccumulators:
+    """What one evaluation pass counts: the confusion matrix (SCHP metrics, and whatever a caller
+    derives from it, e.g. coarse groups), per-image mIoU, PCKh and DensePose per `tasks`."""
+
+    def __init__(self, num_classes: int, tasks: tuple[str, ...] | list[str]) -> None:
+        self.confusion = ConfusionMatrix(num_classes)
+        self.per_image = PerImageIoU(num_classes)
+        self.pckh = PCKhAccumulator() if "pose" in tasks else None
+        self.densepose = DensePoseAccumulator() if "densepose" in tasks else None
+        self.count = torch.zeros(1, dtype=torch.float64)  # images
+
+    def update(
+        self, batch: Mapping, outputs: Mapping[str, torch.Tensor], label_maps: LabelMaps | None
+    ) -> None:
+        """One batch's head outputs scored at label resolution (the packed image size)."""
+        size = tuple(batch["parsing"].shape[-2:])
+        target, pred = batch["parsing"], upsample(outputs["seg"], size).argmax(1)  # (B, H, W)
+        if label_maps is not None:
+            target, pred = map_labels(target, pred, label_maps)
+        self.confusion.update(target, pred)
+        self.per_image.update(target, pred)
+        self.count += target.shape[0]
+        if self.pckh is not None:
+            joints = decode_heatmaps(outputs["pose"])  # (B, J, 3) in input pixels
+            self.pckh.update(joints, batch["keypoints"], batch.get("has_pose"))
+        if self.densepose is not None:
+            self._update_densepose(batch, outputs, size)
+
+    def _update_densepose(self, batch: Mapping, outputs: Mapping[str, torch.Tensor], size: tuple) -> None:
+        has_iuv = batch.get("has_iuv")
+        n = batch["parsing"].shape[0]
+        keep = has_iuv.bool() if has_iuv is not None else torch.ones(n, dtype=torch.bool)
+        if not keep.any():
+            return
+        keep = keep.to(batch["parsing"].device)
+        part = upsample(outputs["dp_index"][keep], size).argmax(1)  # (b, H, W)
+        gather = (part.clamp(min=1) - 1).unsqueeze(1)
+        u = upsample(outputs["dp_u"][keep], size).gather(1, gather)  # float U, V: no quantisation
+        v = upsample(outputs["dp_v"][keep], size).gather(1, gather)
+        uv_valid = batch.get("uv_valid")
+        self.densepose.update(
+            batch["dp_index"][keep],
+            part,
+            batch["dp_uv"][keep],
+            torch.cat([u, v], dim=1),
+            uv_valid[keep] if uv_valid is not None else None,
+        )
+
+    def reduce_from_all_processes(self) -> None:
+        self.confusion.reduce_from_all_processes()
+        self.per_image.reduce_from_all_processes()
+        all_reduce_(self.count)
+        for acc in (self.pckh, self.densepose):
+            if acc is not None:
+                acc.reduce_from_all_processes()
+
+    def compute(self) -> dict:
+        metrics: dict = self.confusion.compute() | self.per_image.compute()
+        for acc in (self.pckh, self.densepose):
+            if acc is not None:
+                metrics |= acc.compute()
+        metrics["num_images"] = int(self.count.item())
+        return {k: _nan_to_none(v) for k, v in metrics.items()}
+
+
+def map_labels(
+    target: torch.Tensor, pred: torch.Tensor, label_maps: LabelMaps
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truth and prediction in a shared label space; a pixel whose prediction has no counterpart
+    (255) is not scored, like one whose truth has none."""
+    target_lut, pred_lut = (torch.as_tensor(lut, device=target.device).long() for lut in label_maps)
+    target, pred = target_lut[target], pred_lut[pred]
+    return target.masked_fill(pred == IGNORE, IGNORE), pred
+
+
 @torch.inference_mode()
+def accumulate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    device: torch.device | str,
+    *,
+    num_classes: int,
+    tasks: tuple[str, ...] | list[str],
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    flip_tta: bool = False,
+    label_set: str | None = None,
+    label_maps: LabelMaps | None = None,
+) -> EvalAccumulators:
+    """The counts behind `evaluate`'s metrics, reduced over processes (see `evaluate`)."""
+    if flip_tta and label_set is None:
+        raise ValueError("flip_tta needs the model's label_set (its left/right class pairs)")
+    device = torch.device(device)
+    model.eval()
+    acc = EvalAccumulators(num_classes, tasks)
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _forward(model, x, device, autocast_dtype, channels_last)
+
+    for raw in loader:
+        batch = to_device(raw, device)
+        x = batch["image"]
+        outputs = flip_average(forward, x, label_set) if flip_tta else forward(x)
+        acc.update(batch, outputs, label_maps)
+    acc.reduce_from_all_processes()
+    return acc
+
+
 def evaluate(
     model: nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
@@ -152,63 +265,31 @@ def evaluate(
     tasks: tuple[str, ...] | list[str],
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    flip_tta: bool = False,
+    label_set: str | None = None,
+    label_maps: LabelMaps | None = None,
 ) -> dict:
     """Metrics over `loader` at label resolution (the packed image size).
 
     Keys: miou, pixel_acc, mean_acc, per_class_iou (list), miou_present, per_image_miou; with
     pose: pckh, pckh_per_joint; with densepose: dp_miou, dp_pixel_acc, dp_uv_error, dp_u_error,
-    dp_v_error; always num_images.
+    dp_v_error; always num_images. flip_tta: outputs averaged with the mirrored image's
+    (`spd.tta.flip_average`, needs the model's `label_set`). label_maps (truth lut, prediction lut):
+    score in a shared label space of `num_classes` labels, e.g. the coarse groups of a model
+    trained on another label set than the data's (pass tasks=("seg",) then).
     """
-    device = torch.device(device)
-    model.eval()
-    conf = ConfusionMatrix(num_classes)
-    per_image = PerImageIoU(num_classes)
-    pckh = PCKhAccumulator() if "pose" in tasks else None
-    dp = DensePoseAccumulator() if "densepose" in tasks else None
-    count = torch.zeros(1, dtype=torch.float64)
-    for raw in loader:
-        batch = to_device(raw, device)
-        x = batch["image"]
-        outputs = _forward(model, x, device, autocast_dtype, channels_last)
-        size = tuple(batch["parsing"].shape[-2:])
-        pred = upsample(outputs["seg"], size).argmax(1)  # (B, H, W)
-        conf.update(batch["parsing"], pred)
-        per_image.update(batch["parsing"], pred)
-        count += x.shape[0]
-        if pckh is not None:
-            joints = decode_heatmaps(outputs["pose"])  # (B, J, 3) in input pixels
-            pckh.update(joints, batch["keypoints"], batch.get("has_pose"))
-        if dp is not None:
-            has_iuv = batch.get("has_iuv")
-            keep = has_iuv.bool() if has_iuv is not None else torch.ones(x.shape[0], dtype=torch.bool)
-            if keep.any():
-                keep = keep.to(device)
-                logits = upsample(outputs["dp_index"][keep], size)
-                part = logits.argmax(1)  # (b, H, W)
-                gather = (part.clamp(min=1) - 1).unsqueeze(1)
-                u = upsample(outputs["dp_u"][keep], size).gather(1, gather)
-                v = upsample(outputs["dp_v"][keep], size).gather(1, gather)
-                uv_valid = batch.get("uv_valid")
-                dp.update(
-                    batch["dp_index"][keep],
-                    part,
-                    batch["dp_uv"][keep],
-                    torch.cat([u, v], dim=1),
-                    uv_valid[keep] if uv_valid is not None else None,
-                )
-    conf.reduce_from_all_processes()
-    per_image.reduce_from_all_processes()
-
-    all_reduce_(count)
-    metrics: dict = conf.compute() | per_image.compute()
-    if pckh is not None:
-        pckh.reduce_from_all_processes()
-        metrics |= pckh.compute()
-    if dp is not None:
-        dp.reduce_from_all_processes()
-        metrics |= dp.compute()
-    metrics["num_images"] = int(count.item())
-    return {k: _nan_to_none(v) for k, v in metrics.items()}
+    return accumulate(
+        model,
+        loader,
+        device,
+        num_classes=num_classes,
+        tasks=tasks,
+        autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+        flip_tta=flip_tta,
+        label_set=label_set,
+        label_maps=label_maps,
+    ).compute()
 
 
 def _nan_to_none(v: object) -> object:
