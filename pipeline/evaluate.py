@@ -1,16 +1,22 @@
 """`spd evaluate`: the trained model on the prepared val split(s) -> reports for DVC.
 
-Predictions come from `spd.predict.Predictor` (the code consumers run, flip TTA from
-`evaluate.flip_tta`) on the packed val images, scored at packed resolution against the packed
-labels (padding is ignore). Writes, atomically, under `evaluate.out_dir`:
+Scored by `spd.engine.evaluate`'s own code (`accumulate`), the training validation's: a DataLoader
+over the packed val split without augmentation, the model at the packed size, metrics at the packed
+labels' resolution (padding is ignore), flip TTA from `evaluate.flip_tta` (`spd.tta.flip_average`,
+the predictor's). DensePose U/V errors are therefore those of the float U, V maps, as in training
+(before, the stage scored the predictor's uint8-quantised IUV). Writes, atomically, under
+`evaluate.out_dir`:
 - `metrics.json` (DVC metrics): mIoU, pixel acc, mean acc (SCHP definitions), the per-image mIoU
-  variant, coarse-group mIoU, PCKh@0.5 overall and per joint, DensePose part mIoU and U/V error;
-  with `prepare.cross` packed, `cross`: mIoU on the coarse groups both label sets share (numbers
-  only; the label sets, flip TTA and model file are in `evaluation.json`);
+  variant, coarse-group mIoU (the fine confusion matrix regrouped), PCKh@0.5 overall and per joint,
+  DensePose part mIoU and U/V error; with `prepare.cross` packed, `cross`: mIoU on the coarse groups
+  both label sets share (the same evaluation with both label sets mapped onto the groups; numbers
+  only: the label sets, flip TTA and model file are in `evaluation.json`);
 - `per_class_iou.csv` (class, iou) for a bar plot;
-- `confusion.csv` (actual, predicted; class names) for DVC's confusion template: a seeded uniform
-  sample of at most CONFUSION_ROWS labelled pixels, so the file stays small for any val set;
-- `overlays.png`: `evaluate.overlays` rows of image | truth | prediction | joints.
+- `confusion.csv` (actual, predicted; class names) for DVC's confusion template: the confusion
+  matrix scaled to at most CONFUSION_ROWS rows (each cell its proportional share), so the file
+  stays small for any val set;
+- `overlays.png`: `evaluate.overlays` rows of image | truth | prediction | joints, rendered from
+  `spd.predict.Predictor` (the code consumers run) on the first val images; not metrics.
 """
 
 from __future__ import annotations
@@ -27,110 +33,107 @@ import numpy as np
 from pipeline.config import Params
 from spd.errors import SpdError
 from spd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from spd.labels import COARSE_GROUPS, IGNORE, LABEL_SETS, LIP_JOINTS, coarse_lut
+from spd.labels import COARSE_GROUPS, LABEL_SETS, LIP_JOINTS, coarse_lut
 
 CONFUSION_ROWS = 20_000
 PANEL_MIN = 128  # overlay panels are upscaled to at least this many pixels
+DEVICE = "cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-file", default=None, help="model to evaluate (default: train.model_out)")
 
 
-def _clean(v: Any) -> Any:
-    """NaN (nothing to measure) -> None so the JSON stays valid."""
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    return v
+def _scoring_options(info: dict, flip_tta: bool) -> dict[str, Any]:
+    """`spd.engine.evaluate` keyword arguments of this stage for a model (its `load_model_file` info)."""
+    from spd.precision import autocast_dtype
+
+    return {
+        "autocast_dtype": autocast_dtype("auto", DEVICE),
+        "channels_last": True,
+        "flip_tta": flip_tta,
+        "label_set": str(info["label_set"]),
+    }
 
 
-def _batches(n: int, size: int) -> list[range]:
-    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+def _val_loader(split: Any, batch_size: int) -> Any:
+    """The packed split in order, without augmentation."""
+    from torch.utils.data import DataLoader
+
+    from spd.data.dataset import SPDDataset
+
+    return DataLoader(SPDDataset(split, augment=None), batch_size=batch_size)
 
 
-def evaluate_split(
-    predictor: Any, split: Any, batch_size: int, overlays: int, seed: int = 0
-) -> dict[str, Any]:
-    """Score `predictor` on a packed split in its own label set; also returns the overlay rows."""
-    from spd.metrics import ConfusionMatrix, DensePoseAccumulator, PCKhAccumulator, PerImageIoU
+def evaluate_split(model: Any, info: dict, split: Any, batch_size: int, flip_tta: bool) -> dict[str, Any]:
+    """`spd.engine.evaluate`'s metrics on a packed split in the model's label set, plus the coarse
+    mIoU (from the same confusion matrix) and, as `confusion`, the fine (K, K) counts."""
+    from spd.engine import accumulate
 
-    n, size = len(split), split.image_size
-    conf, per_image = ConfusionMatrix(split.num_classes), PerImageIoU(split.num_classes)
-    coarse = ConfusionMatrix(len(COARSE_GROUPS))
-    lut = coarse_lut(split.label_set)
-    pckh = PCKhAccumulator() if "pose" in predictor.tasks else None
-    dp = DensePoseAccumulator() if "densepose" in predictor.tasks else None
-    keep_p = min(1.0, CONFUSION_ROWS / max(1, n * size * size))
-    rng = np.random.default_rng(seed)
-    pairs: list[np.ndarray] = []
-    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
-    for idx in _batches(n, batch_size):
-        images = [np.array(split.images[i]) for i in idx]
-        preds = predictor.predict_batch(images)
-        target = np.array(split.parsing[idx.start : idx.stop])  # (B, S, S)
-        pred = np.stack([p.labels for p in preds])  # (B, S, S)
-        conf.update(target, pred)
-        per_image.update(target, pred)
-        coarse.update(lut[target], lut[pred])
-        sampled = (rng.random(target.shape) < keep_p) & (target != IGNORE)
-        pairs.append(np.stack([target[sampled], pred[sampled]], axis=1))
-        if pckh is not None:
-            joints = np.stack([p.joints for p in preds])  # (B, 16, 3) in packed pixels
-            pckh.update(
-                joints,
-                np.array(split.keypoints[idx.start : idx.stop]),
-                np.array(split.has_pose[idx.start : idx.stop]),
-            )
-        if dp is not None:
-            has = np.array(split.has_iuv[idx.start : idx.stop])
-            if has.any():
-                t_iuv = np.array(split.iuv[idx.start : idx.stop])[has]  # (b, S, S, 3)
-                p_iuv = np.stack([p.iuv for p in preds])[has]
-                dp.update(
-                    t_iuv[..., 0],
-                    p_iuv[..., 0],
-                    np.moveaxis(t_iuv[..., 1:], -1, 1) / 255.0,
-                    np.moveaxis(p_iuv[..., 1:], -1, 1) / 255.0,
-                )
-        for j in range(min(len(idx), overlays - len(rows))):
-            rows.append((images[j], target[j], pred[j], preds[j].joints))
-    metrics: dict[str, Any] = conf.compute() | per_image.compute()
-    metrics["coarse_miou"] = coarse.compute()["miou"]
-    if pckh is not None:
-        m = pckh.compute()
-        metrics["pckh"] = m["pckh"]
-        metrics["pckh_per_joint"] = dict(zip(LIP_JOINTS, m["pckh_per_joint"]))
-    if dp is not None:
-        metrics |= dp.compute()
-    metrics["num_images"] = n
-    sample = np.concatenate(pairs)[:CONFUSION_ROWS] if pairs else np.zeros((0, 2), np.uint8)
-    return {"metrics": metrics, "confusion_sample": sample, "overlay_rows": rows}
+    acc = accumulate(
+        model,
+        _val_loader(split, batch_size),
+        DEVICE,
+        num_classes=int(info["num_classes"]),
+        tasks=tuple(info["model_cfg"].tasks),
+        **_scoring_options(info, flip_tta),
+    )
+    metrics: dict[str, Any] = {}
+    for key, value in acc.compute().items():
+        metrics[key] = dict(zip(LIP_JOINTS, value)) if key == "pckh_per_joint" else value
+        if key == "per_image_miou":
+            coarse = acc.confusion.regroup(coarse_lut(split.label_set), len(COARSE_GROUPS))
+            metrics["coarse_miou"] = coarse.compute()["miou"]
+    return {"metrics": metrics, "confusion": acc.confusion.mat.numpy()}
 
 
-def evaluate_cross(predictor: Any, split: Any, batch_size: int) -> dict[str, Any]:
+def evaluate_cross(model: Any, info: dict, split: Any, batch_size: int, flip_tta: bool) -> dict[str, Any]:
     """A model trained on one label set scored on another's data, on the shared coarse groups."""
-    from spd.metrics import ConfusionMatrix
+    from spd.engine import evaluate
 
-    model_lut, data_lut = coarse_lut(predictor.label_set), coarse_lut(split.label_set)
-    conf = ConfusionMatrix(len(COARSE_GROUPS))
-    for idx in _batches(len(split), batch_size):
-        preds = predictor.predict_batch([np.array(split.images[i]) for i in idx], iuv=False)
-        pred = model_lut[np.stack([p.labels for p in preds])]
-        target = data_lut[np.array(split.parsing[idx.start : idx.stop])]
-        target[pred == IGNORE] = IGNORE  # a model class without a group is not scored (none for LIP)
-        conf.update(target, pred)
-    m = conf.compute()
+    m = evaluate(
+        model,
+        _val_loader(split, batch_size),
+        DEVICE,
+        num_classes=len(COARSE_GROUPS),
+        tasks=("seg",),
+        label_maps=(coarse_lut(split.label_set), coarse_lut(info["label_set"])),
+        **_scoring_options(info, flip_tta),
+    )
     return {
         "label_set": split.label_set,
-        "num_images": len(split),
+        "num_images": m["num_images"],
         "coarse_miou": m["miou"],
         "coarse_pixel_acc": m["pixel_acc"],
         "coarse_iou": dict(zip(COARSE_GROUPS, m["per_class_iou"])),
     }
+
+
+def confusion_rows(confusion: np.ndarray, limit: int = CONFUSION_ROWS) -> np.ndarray:
+    """(N <= limit, 2) (actual, predicted) id pairs, each confusion cell repeated its proportional
+    share of `limit` (largest remainder, ties by cell order): deterministic, and the sampled
+    accuracy is the pixel accuracy to within K / limit."""
+    counts = confusion.astype(np.int64).ravel()
+    total = int(counts.sum())
+    if total > limit:
+        share, remainder = np.divmod(counts * limit, total)  # exact in int64 up to ~4e14 pixels
+        short = limit - int(share.sum())
+        share[np.argsort(-remainder, kind="stable")[:short]] += 1
+        counts = share
+    cells = np.repeat(np.arange(counts.size), counts)
+    return np.stack(np.divmod(cells, confusion.shape[1]), axis=1)
+
+
+def overlay_rows(predictor: Any, split: Any, count: int, batch_size: int) -> list:
+    """(image, truth, prediction, joints) of the first `count` images, from the predictor."""
+    rows = []
+    for start in range(0, min(count, len(split)), batch_size):
+        stop = min(count, len(split), start + batch_size)
+        images = [np.array(split.images[i]) for i in range(start, stop)]
+        preds = predictor.predict_batch(images, iuv=False)
+        for i, (image, pred) in enumerate(zip(images, preds), start):
+            rows.append((image, np.array(split.parsing[i]), pred.labels, pred.joints))
+    return rows
 
 
 def overlay_sheet(rows: list, label_set: str) -> bytes:
@@ -173,36 +176,41 @@ def evaluate_model(params: Params, model_file: Path, *, project_root: Path) -> d
     """Score a model file on prepare.main's val split and, when prepared, on prepare.cross's val split
     (coarse groups, as `metrics["cross"]`). Writes nothing: `run` and `spd ablation` share it.
 
-    Returns evaluate_split's dict (metrics incl. per_class_iou, confusion_sample, overlay_rows) plus
+    Returns evaluate_split's dict (metrics incl. per_class_iou, confusion) plus `overlay_rows` and
     `label_set`, the val split's label set.
     """
     from pipeline import runtime
     from spd.data.packed import PackedSplit
+    from spd.model import load_model_file
     from spd.predict import Predictor
 
     root = project_root
     if not model_file.is_file():
         raise SpdError(f"{model_file}: model file not found; run `spd train` first")
     cfg = params.evaluate
-    predictor = Predictor.from_checkpoint(model_file, flip_tta=cfg.flip_tta)
+    model, info = load_model_file(model_file)
     val = PackedSplit(Path(runtime.resolve_path(root, params.prepare.main.out)) / "val")
-    if val.label_set != predictor.label_set:
+    if val.label_set != info["label_set"]:
         raise SpdError(
-            f"{val.dir}: labels are {val.label_set!r} but {model_file} predicts {predictor.label_set!r}; "
+            f"{val.dir}: labels are {val.label_set!r} but {model_file} predicts {info['label_set']!r}; "
             "evaluate on data prepared in the model's label set (prepare.main)"
         )
-    if val.image_size != predictor.image_size:
-        print(f"note: val packed at {val.image_size} px, model trained at {predictor.image_size} px")
+    if val.image_size != info["image_size"]:
+        print(f"note: val packed at {val.image_size} px, model trained at {info['image_size']} px")
 
-    result = evaluate_split(predictor, val, cfg.batch_size, cfg.overlays)
-    metrics = result["metrics"]
+    result = evaluate_split(model, info, val, cfg.batch_size, cfg.flip_tta)
     cross = params.prepare.cross
     if cross is not None:
         cross_val = Path(runtime.resolve_path(root, cross.out)) / "val"
         if (cross_val / "manifest.json").is_file():
-            metrics["cross"] = evaluate_cross(predictor, PackedSplit(cross_val), cfg.batch_size)
+            cross_split = PackedSplit(cross_val)
+            result["metrics"]["cross"] = evaluate_cross(
+                model, info, cross_split, cfg.batch_size, cfg.flip_tta
+            )
         else:
             print(f"note: prepare.cross is set but {cross_val} is not prepared; no cross-dataset score")
+    predictor = Predictor(model, info, device=DEVICE, flip_tta=cfg.flip_tta)
+    result["overlay_rows"] = overlay_rows(predictor, val, cfg.overlays, cfg.batch_size)
     result["label_set"] = val.label_set
     return result
 
@@ -227,14 +235,14 @@ def run(params: Params, args: argparse.Namespace) -> int:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["actual", "predicted"])
-    w.writerows((classes[a], classes[p]) for a, p in result["confusion_sample"].tolist())
+    w.writerows((classes[a], classes[p]) for a, p in confusion_rows(result["confusion"]).tolist())
     atomic_write_text(out / "confusion.csv", buf.getvalue())
     atomic_write_bytes(out / "overlays.png", overlay_sheet(result["overlay_rows"], result["label_set"]))
     info = {"label_set": result["label_set"], "flip_tta": cfg.flip_tta, "model_file": str(model_file)}
     if "cross" in metrics:
         info["cross_label_set"] = metrics["cross"].pop("label_set")
     atomic_write_json(out / "evaluation.json", info)  # what was scored how: not metrics
-    atomic_write_json(out / "metrics.json", _clean(metrics))
+    atomic_write_json(out / "metrics.json", metrics)
 
     line = f"val mIoU {metrics['miou']:.4f}, pixel acc {metrics['pixel_acc']:.4f}"
     if "pckh" in metrics:

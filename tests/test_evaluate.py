@@ -1,4 +1,4 @@
-"""`spd evaluate`: DVC-readable reports that agree with the training loop's own evaluation."""
+"""`spd evaluate`: DVC-readable reports from the one evaluation path, `spd.engine.evaluate`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from pipeline.cli import main as spd_main
-from pipeline.evaluate import CONFUSION_ROWS
-from spd.labels import COARSE_GROUPS, LIP_CLASSES, LIP_JOINTS
+from pipeline.evaluate import CONFUSION_ROWS, confusion_rows
+from spd.labels import COARSE_GROUPS, LIP_CLASSES, LIP_JOINTS, coarse_lut
 
 
 @pytest.fixture(scope="module")
@@ -42,51 +43,87 @@ def project(
     return args
 
 
-def test_evaluate_writes_dvc_reports_that_match_the_training_evaluation(
-    tiny_model_64: Path, prepared_tiny: Path, prepared_cross_tiny: Path, project_root: Path, tmp_path: Path
-) -> None:
+def reference(model_file: Path, split: Path, **options: object) -> dict:
+    """`spd.engine.evaluate` as training validation calls it, with the stage's precision settings
+    (bf16 where native, channels_last: what the predictor runs) and batch size."""
     from torch.utils.data import DataLoader
 
     from spd.data.dataset import SPDDataset
     from spd.engine import evaluate
     from spd.model import load_model_file
+    from spd.precision import autocast_dtype
 
+    model, info = load_model_file(model_file)
+    return evaluate(
+        model,
+        DataLoader(SPDDataset(split), batch_size=4),
+        "cpu",
+        autocast_dtype=autocast_dtype("auto", "cpu"),
+        channels_last=True,
+        label_set=info["label_set"],
+        **{"num_classes": info["num_classes"], "tasks": info["model_cfg"].tasks} | options,
+    )
+
+
+def test_evaluate_reports_are_the_training_evaluation_of_the_model(
+    tiny_model_64: Path, prepared_tiny: Path, prepared_cross_tiny: Path, project_root: Path, tmp_path: Path
+) -> None:
     assert spd_main(project(tmp_path, project_root, tiny_model_64, prepared_tiny, prepared_cross_tiny)) == 0
     reports = tmp_path / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
 
-    # The same numbers as the training loop's evaluation of the same model on the same split.
-    model, info = load_model_file(tiny_model_64)
-    loader = DataLoader(SPDDataset(prepared_tiny / "val"), batch_size=4)
-    reference = evaluate(model, loader, "cpu", num_classes=20, tasks=info["model_cfg"].tasks)
-    assert metrics["num_images"] == reference["num_images"] == 8
-    for key in ("miou", "pixel_acc", "mean_acc", "pckh"):
-        assert metrics[key] == pytest.approx(reference[key], abs=0.02), key
-    assert set(metrics["pckh_per_joint"]) == set(LIP_JOINTS)
-    assert {"dp_miou", "dp_uv_error", "per_image_miou", "coarse_miou"} <= set(metrics)
+    # One evaluation path: the stage's numbers are spd.engine.evaluate's on the same model and split.
+    expected = reference(tiny_model_64, prepared_tiny / "val")
+    expected["pckh_per_joint"] = dict(zip(LIP_JOINTS, expected["pckh_per_joint"]))
+    per_class_iou = expected.pop("per_class_iou")  # in per_class_iou.csv, for the bar plot
+    assert expected["num_images"] == 8
+    assert {k: v for k, v in metrics.items() if k not in ("coarse_miou", "cross")} == expected
+    assert {"dp_miou", "dp_uv_error", "per_image_miou", "pckh"} <= set(metrics)
 
-    # Cross-dataset: scored on the coarse groups of the ATR-layout data.
+    # Coarse groups come from the fine confusion matrix: the same as scoring the grouped labels.
+    grouped = reference(
+        tiny_model_64,
+        prepared_tiny / "val",
+        num_classes=len(COARSE_GROUPS),
+        tasks=("seg",),
+        label_maps=(coarse_lut("lip"), coarse_lut("lip")),
+    )
+    assert metrics["coarse_miou"] == grouped["miou"]
+
+    # Cross-dataset: the same evaluation on the ATR-layout data, both label sets mapped to the groups.
     cross = metrics["cross"]
+    atr = reference(
+        tiny_model_64,
+        prepared_cross_tiny / "val",
+        num_classes=len(COARSE_GROUPS),
+        tasks=("seg",),
+        label_maps=(coarse_lut("atr"), coarse_lut("lip")),
+    )
+    assert cross == {
+        "num_images": atr["num_images"],
+        "coarse_miou": atr["miou"],
+        "coarse_pixel_acc": atr["pixel_acc"],
+        "coarse_iou": dict(zip(COARSE_GROUPS, atr["per_class_iou"])),
+    }
     assert cross["num_images"] > 0
     info = json.loads((reports / "evaluation.json").read_text())  # names and flags: not DVC metrics
     assert info["label_set"] == "lip" and info["cross_label_set"] == "atr"
     assert all(isinstance(v, (int, float)) for v in _leaves(metrics))
-    assert set(cross["coarse_iou"]) == set(COARSE_GROUPS)
-    assert 0.0 <= cross["coarse_miou"] <= 1.0
 
     with (reports / "per_class_iou.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == list(LIP_CLASSES)
-    assert sum(float(r["iou"]) for r in rows) / 20 == pytest.approx(metrics["miou"], abs=1e-5)
+    assert [float(r["iou"]) for r in rows] == pytest.approx(per_class_iou, abs=1e-6)
 
+    # The confusion plot is the confusion matrix scaled to CONFUSION_ROWS rows.
     with (reports / "confusion.csv").open() as f:
         pairs = list(csv.DictReader(f))
-    assert 0 < len(pairs) <= CONFUSION_ROWS
+    assert len(pairs) == CONFUSION_ROWS  # 8 images of 64 x 64 labelled pixels are more
     assert {p["actual"] for p in pairs} <= set(LIP_CLASSES) and {p["predicted"] for p in pairs} <= set(
         LIP_CLASSES
     )
     sampled_acc = sum(p["actual"] == p["predicted"] for p in pairs) / len(pairs)
-    assert sampled_acc == pytest.approx(metrics["pixel_acc"], abs=0.03)
+    assert sampled_acc == pytest.approx(metrics["pixel_acc"], abs=20 / CONFUSION_ROWS)
 
     sheet = cv2.imread(str(reports / "overlays.png"))
     assert sheet.shape[0] > 3 * 128 and sheet.shape[1] == 4 * 128  # 3 rows of 4 panels + header
@@ -97,6 +134,18 @@ def test_evaluate_writes_dvc_reports_that_match_the_training_evaluation(
     assert before == {p.name: p.read_bytes() for p in reports.iterdir()}
 
 
+def test_confusion_rows_are_each_cells_proportional_share() -> None:
+    confusion = np.array([[5, 1], [0, 2]])
+    assert confusion_rows(confusion, limit=100).tolist() == [[0, 0]] * 5 + [[0, 1], [1, 1], [1, 1]]
+    big = np.array([[3000, 10], [7, 990]])  # 4007 pixels -> 1000 rows
+    rows = confusion_rows(big, limit=1000)
+    counts = np.zeros_like(big)
+    np.add.at(counts, (rows[:, 0], rows[:, 1]), 1)
+    assert counts.sum() == 1000
+    assert np.all(np.abs(counts - big * 1000 / big.sum()) < 1)
+    assert np.array_equal(confusion_rows(big, limit=1000), rows)
+
+
 def test_evaluate_without_cross_data_and_with_flip_tta(
     tiny_model_64: Path, prepared_tiny: Path, project_root: Path, tmp_path: Path
 ) -> None:
@@ -105,6 +154,9 @@ def test_evaluate_without_cross_data_and_with_flip_tta(
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     info = json.loads((tmp_path / "reports" / "evaluation.json").read_text())
     assert info["flip_tta"] is True and "cross" not in metrics
+    flipped = reference(tiny_model_64, prepared_tiny / "val", flip_tta=True)
+    assert metrics["miou"] == flipped["miou"] and metrics["pckh"] == flipped["pckh"]
+    assert metrics["miou"] != reference(tiny_model_64, prepared_tiny / "val")["miou"]  # TTA changed it
 
 
 def test_evaluate_names_a_missing_model_file(
