@@ -1,6 +1,6 @@
 """`spd evaluate`: the trained model on the prepared val split(s) -> reports for DVC.
 
-Scored by `spd.engine.evaluate`'s own code (`accumulate`), the training validation's: a DataLoader
+Scored by `spd.engine.evaluate`, the training validation's code: a DataLoader
 over the packed val split without augmentation, the model at the packed size, metrics at the packed
 labels' resolution (padding is ignore), flip TTA from `evaluate.flip_tta` (`spd.tta.flip_average`,
 the predictor's). DensePose U/V errors are therefore those of the float U, V maps, as in training
@@ -66,11 +66,12 @@ def _val_loader(split: Any, batch_size: int) -> Any:
 
 
 def evaluate_split(model: Any, info: dict, split: Any, batch_size: int, flip_tta: bool) -> dict[str, Any]:
-    """`spd.engine.evaluate`'s metrics on a packed split in the model's label set, plus the coarse
-    mIoU (from the same confusion matrix) and, as `confusion`, the fine (K, K) counts."""
-    from spd.engine import accumulate
+    """`spd.engine.evaluate` on a packed split in the model's label set, plus the coarse mIoU from
+    its confusion matrix; returns {"metrics", "confusion" ((K, K) counts)}."""
+    from spd.engine import evaluate
+    from spd.metrics import ConfusionMatrix
 
-    acc = accumulate(
+    scores = evaluate(
         model,
         _val_loader(split, batch_size),
         DEVICE,
@@ -78,13 +79,14 @@ def evaluate_split(model: Any, info: dict, split: Any, batch_size: int, flip_tta
         tasks=tuple(info["model_cfg"].tasks),
         **_scoring_options(info, flip_tta),
     )
+    confusion = ConfusionMatrix.from_counts(scores.pop("confusion"))
     metrics: dict[str, Any] = {}
-    for key, value in acc.compute().items():
+    for key, value in scores.items():
         metrics[key] = dict(zip(LIP_JOINTS, value)) if key == "pckh_per_joint" else value
         if key == "per_image_miou":
-            coarse = acc.confusion.regroup(coarse_lut(split.label_set), len(COARSE_GROUPS))
+            coarse = confusion.regroup(coarse_lut(split.label_set), len(COARSE_GROUPS))
             metrics["coarse_miou"] = coarse.compute()["miou"]
-    return {"metrics": metrics, "confusion": acc.confusion.mat.numpy()}
+    return {"metrics": metrics, "confusion": confusion.mat.numpy()}
 
 
 def evaluate_cross(model: Any, info: dict, split: Any, batch_size: int, flip_tta: bool) -> dict[str, Any]:

@@ -149,8 +149,7 @@ LabelMaps = tuple[np.ndarray, np.ndarray]  # (truth lut, prediction lut): (256,)
 
 
 class EvalAccumulators:
-    """What one evaluation pass counts: the confusion matrix (SCHP metrics, and whatever a caller
-    derives from it, e.g. coarse groups), per-image mIoU, PCKh and DensePose per `tasks`."""
+    """What `evaluate` counts: the confusion matrix, per-image mIoU, PCKh and DensePose per `tasks`."""
 
     def __init__(self, num_classes: int, tasks: tuple[str, ...] | list[str]) -> None:
         self.confusion = ConfusionMatrix(num_classes)
@@ -210,6 +209,7 @@ class EvalAccumulators:
             if acc is not None:
                 metrics |= acc.compute()
         metrics["num_images"] = int(self.count.item())
+        metrics["confusion"] = self.confusion.mat.tolist()
         return {k: _nan_to_none(v) for k, v in metrics.items()}
 
 
@@ -224,38 +224,6 @@ def map_labels(
 
 
 @torch.inference_mode()
-def accumulate(
-    model: nn.Module,
-    loader: Iterable[Mapping[str, torch.Tensor]],
-    device: torch.device | str,
-    *,
-    num_classes: int,
-    tasks: tuple[str, ...] | list[str],
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    flip_tta: bool = False,
-    label_set: str | None = None,
-    label_maps: LabelMaps | None = None,
-) -> EvalAccumulators:
-    """The counts behind `evaluate`'s metrics, reduced over processes (see `evaluate`)."""
-    if flip_tta and label_set is None:
-        raise ValueError("flip_tta needs the model's label_set (its left/right class pairs)")
-    device = torch.device(device)
-    model.eval()
-    acc = EvalAccumulators(num_classes, tasks)
-
-    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _forward(model, x, device, autocast_dtype, channels_last)
-
-    for raw in loader:
-        batch = to_device(raw, device)
-        x = batch["image"]
-        outputs = flip_average(forward, x, label_set) if flip_tta else forward(x)
-        acc.update(batch, outputs, label_maps)
-    acc.reduce_from_all_processes()
-    return acc
-
-
 def evaluate(
     model: nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
@@ -273,23 +241,29 @@ def evaluate(
 
     Keys: miou, pixel_acc, mean_acc, per_class_iou (list), miou_present, per_image_miou; with
     pose: pckh, pckh_per_joint; with densepose: dp_miou, dp_pixel_acc, dp_uv_error, dp_u_error,
-    dp_v_error; always num_images. flip_tta: outputs averaged with the mirrored image's
-    (`spd.tta.flip_average`, needs the model's `label_set`). label_maps (truth lut, prediction lut):
-    score in a shared label space of `num_classes` labels, e.g. the coarse groups of a model
-    trained on another label set than the data's (pass tasks=("seg",) then).
+    dp_v_error; always num_images and confusion ((K, K) pixel counts, rows truth, columns
+    prediction; scores derived from it, e.g. `ConfusionMatrix.regroup`, need no second pass).
+    flip_tta: outputs averaged with the mirrored image's (`spd.tta.flip_average`, as the predictor;
+    needs the model's `label_set`). label_maps (truth lut, prediction lut): score in a shared label
+    space of `num_classes` labels, e.g. the coarse groups for a model trained on another label set
+    than the data's (pass tasks=("seg",) then).
     """
-    return accumulate(
-        model,
-        loader,
-        device,
-        num_classes=num_classes,
-        tasks=tasks,
-        autocast_dtype=autocast_dtype,
-        channels_last=channels_last,
-        flip_tta=flip_tta,
-        label_set=label_set,
-        label_maps=label_maps,
-    ).compute()
+    if flip_tta and label_set is None:
+        raise ValueError("flip_tta needs the model's label_set (its left/right class pairs)")
+    device = torch.device(device)
+    model.eval()
+    acc = EvalAccumulators(num_classes, tasks)
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _forward(model, x, device, autocast_dtype, channels_last)
+
+    for raw in loader:
+        batch = to_device(raw, device)
+        x = batch["image"]
+        outputs = flip_average(forward, x, label_set) if flip_tta else forward(x)
+        acc.update(batch, outputs, label_maps)
+    acc.reduce_from_all_processes()
+    return acc.compute()
 
 
 def _nan_to_none(v: object) -> object:

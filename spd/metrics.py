@@ -44,6 +44,16 @@ class ConfusionMatrix:
         n = self.num_classes
         self.mat += torch.bincount(t[keep] * n + p[keep].clamp(0, n - 1), minlength=n * n).view(n, n)
 
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor | np.ndarray | list) -> ConfusionMatrix:
+        """A matrix of counts made elsewhere (e.g. `spd.engine.evaluate`'s `confusion`)."""
+        mat = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
+        if mat.dim() != 2 or mat.shape[0] != mat.shape[1]:
+            raise ValueError(f"confusion counts: expected a square (K, K) matrix, got {tuple(mat.shape)}")
+        out = cls(mat.shape[0])
+        out.mat = mat.clone()
+        return out
+
     def reduce_from_all_processes(self) -> None:
         all_reduce_(self.mat)
 

@@ -65,6 +65,12 @@ def reference(model_file: Path, split: Path, **options: object) -> dict:
     )
 
 
+def on_coarse_groups(model_file: Path, split: Path, data_label_set: str) -> dict:
+    """The LIP model's segmentation scored on the coarse groups, data in `data_label_set`."""
+    luts = (coarse_lut(data_label_set), coarse_lut("lip"))
+    return reference(model_file, split, num_classes=len(COARSE_GROUPS), tasks=("seg",), label_maps=luts)
+
+
 def test_evaluate_reports_are_the_training_evaluation_of_the_model(
     tiny_model_64: Path, prepared_tiny: Path, prepared_cross_tiny: Path, project_root: Path, tmp_path: Path
 ) -> None:
@@ -76,29 +82,17 @@ def test_evaluate_reports_are_the_training_evaluation_of_the_model(
     expected = reference(tiny_model_64, prepared_tiny / "val")
     expected["pckh_per_joint"] = dict(zip(LIP_JOINTS, expected["pckh_per_joint"]))
     per_class_iou = expected.pop("per_class_iou")  # in per_class_iou.csv, for the bar plot
+    confusion = np.array(expected.pop("confusion"))  # in confusion.csv, scaled, for the plot
     assert expected["num_images"] == 8
     assert {k: v for k, v in metrics.items() if k not in ("coarse_miou", "cross")} == expected
     assert {"dp_miou", "dp_uv_error", "per_image_miou", "pckh"} <= set(metrics)
 
     # Coarse groups come from the fine confusion matrix: the same as scoring the grouped labels.
-    grouped = reference(
-        tiny_model_64,
-        prepared_tiny / "val",
-        num_classes=len(COARSE_GROUPS),
-        tasks=("seg",),
-        label_maps=(coarse_lut("lip"), coarse_lut("lip")),
-    )
-    assert metrics["coarse_miou"] == grouped["miou"]
+    assert metrics["coarse_miou"] == on_coarse_groups(tiny_model_64, prepared_tiny / "val", "lip")["miou"]
 
     # Cross-dataset: the same evaluation on the ATR-layout data, both label sets mapped to the groups.
     cross = metrics["cross"]
-    atr = reference(
-        tiny_model_64,
-        prepared_cross_tiny / "val",
-        num_classes=len(COARSE_GROUPS),
-        tasks=("seg",),
-        label_maps=(coarse_lut("atr"), coarse_lut("lip")),
-    )
+    atr = on_coarse_groups(tiny_model_64, prepared_cross_tiny / "val", "atr")
     assert cross == {
         "num_images": atr["num_images"],
         "coarse_miou": atr["miou"],
@@ -119,6 +113,8 @@ def test_evaluate_reports_are_the_training_evaluation_of_the_model(
     with (reports / "confusion.csv").open() as f:
         pairs = list(csv.DictReader(f))
     assert len(pairs) == CONFUSION_ROWS  # 8 images of 64 x 64 labelled pixels are more
+    ids = {name: i for i, name in enumerate(LIP_CLASSES)}
+    assert [[ids[p["actual"]], ids[p["predicted"]]] for p in pairs] == confusion_rows(confusion).tolist()
     assert {p["actual"] for p in pairs} <= set(LIP_CLASSES) and {p["predicted"] for p in pairs} <= set(
         LIP_CLASSES
     )
