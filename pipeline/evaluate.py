@@ -198,7 +198,10 @@ def evaluate_model(params: Params, model_file: Path, *, project_root: Path) -> d
             "evaluate on data prepared in the model's label set (prepare.main)"
         )
     if val.image_size != info["image_size"]:
-        print(f"note: val packed at {val.image_size} px, model trained at {info['image_size']} px")
+        print(
+            f"note: val packed at {val.image_size} px, model trained at {info['image_size']} px; "
+            "scored at the packed size, as training validation does"
+        )
 
     result = evaluate_split(model, info, val, cfg.batch_size, cfg.flip_tta)
     cross = params.prepare.cross
