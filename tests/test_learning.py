@@ -1,38 +1,45 @@
-"""Learning works: a ResNet-18 SPD overfits 8 synthetic images for each of the paper's task sets.
+"""Learning works: the default recipe's network overfits 4 synthetic images.
 
-The score is the training-set mIoU at full label resolution over the classes present in the 8
-images (`miou_present`): SCHP's mIoU averages over all 20 classes, and 8 small images never
+The score is the training-set mIoU at full label resolution over the classes present in the
+images (`miou_present`): SCHP's mIoU averages over all 20 classes, and a few small images never
 contain all of them, so an absent class would count as IoU 0 however well the network learns.
 
 Issue 3's bar: train mIoU >= 0.9 within a few hundred steps, at the default profile's 128 px (at
-64 px gloves and sunglasses are 1-2 px wide and the stride-4 logits cannot draw them). Measured
-on 2 idle cores with {seg, pose} and the default heads: 0.76 after 100 steps, 0.91 after 200, 0.93
-after 300 of the 300-step poly schedule; about a minute per task set, stopping at the bar.
+64 px gloves and sunglasses are 1-2 px wide and the stride-4 logits cannot draw them), with the
+network params.yaml trains (ResNet-18, output stride 16, 64-channel heads). Two task sets: {seg}
+alone and all three heads (every head, loss and cross-head refinement); the pairs' forward and
+backward are covered by test_model. Measured on this project's 2-core CPU in fp32, 4 images:
+all three heads 0.81 after 100 steps, 0.92 after 200 (about two minutes); {seg} alone 0.80 after
+100, 0.91 after 250.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
-from spd.config import LossConfig, ModelConfig, TrainConfig
+from pipeline.config import load_params
+from spd.config import LossConfig, TrainConfig
 from spd.engine import build_optimizer, evaluate, poly_lr_scheduler, train_one_epoch
 from spd.losses import SPDLoss
 from spd.model import build_model
 from spd.precision import autocast_dtype
 from tests.fixtures.model import make_batch
 
-SIZE, STEPS, CHECK_EVERY, TARGET = 128, 300, 25, 0.9
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES, SIZE, STEPS, CHECK_EVERY, TARGET = 4, 128, 300, 25, 0.9
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "tasks", [("seg",), ("seg", "pose"), ("seg", "densepose"), ("seg", "pose", "densepose")]
-)
-def test_resnet18_spd_overfits_eight_synthetic_images(torch_threads, tasks):
+@pytest.mark.parametrize("tasks", [("seg",), ("seg", "pose", "densepose")])
+def test_the_default_network_overfits_four_synthetic_images(torch_threads, tasks):
     torch.manual_seed(0)
-    batch = make_batch(8, SIZE, seed=0)
-    model = build_model(ModelConfig(backbone="resnet18", tasks=tasks), 20)
+    batch = make_batch(IMAGES, SIZE, seed=0)
+    model_cfg = dataclasses.replace(load_params(ROOT / "params.yaml").model, tasks=tasks)
+    model = build_model(model_cfg, 20)
     model = model.to(memory_format=torch.channels_last)
     criterion = SPDLoss(tasks, LossConfig())
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.0))
