@@ -33,20 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joints", action="store_true", help="also write <stem>_joints.json")
     parser.add_argument("--iuv", action="store_true", help="also write <stem>_iuv.png (DensePose I, U, V)")
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda[:N], or auto (CUDA where present); default cpu"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Drawing (shared with `spd evaluate`'s overlay sheet).
 # ---------------------------------------------------------------------------------------------
-
-
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Any accepted image (gray, RGB, RGBA; uint8/uint16) -> (H, W, 3) uint8 RGB for drawing."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
 
 
 def colorize(label_map: np.ndarray) -> np.ndarray:
@@ -108,15 +102,15 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def load_predictor(model: str, params: Params, root: Path) -> Any:
+def load_predictor(model: str, params: Params, root: Path, device: str = "cpu") -> Any:
     """A local model file, or the model behind a registry URI (`models:/NAME@ALIAS`, `runs:/...`)."""
-    if "://" not in model and not model.startswith("models:/"):
-        from spd.predict import Predictor
+    from spd.predict import Predictor
 
+    if "://" not in model and not model.startswith("models:/"):
         path = Path(model)
         if not path.is_file():
             raise SpdError(f"--model {model}: no such model file (or use models:/NAME@ALIAS)")
-        return Predictor.from_checkpoint(path)
+        return Predictor.from_file(path, device=device)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -125,14 +119,30 @@ def load_predictor(model: str, params: Params, root: Path) -> Any:
     uri = runtime.tracking_uri(params.mlflow, root)
     runtime.check_tracking_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    try:
-        pyfunc = mlflow.pyfunc.load_model(model)
+    try:  # the serving config's device, overridden by --device through MLflow's model_config
+        pyfunc = mlflow.pyfunc.load_model(model, model_config={"device": device})
     except MlflowException as e:
         raise SpdError(f"--model {model}: cannot load from {uri} ({e.message.splitlines()[0]})") from None
     wrapped = pyfunc.unwrap_python_model()
     if not hasattr(wrapped, "predictor"):
         raise SpdError(f"--model {model}: not an SPD model (no predictor in the pyfunc)")
     return wrapped.predictor
+
+
+def note_synthetic_training(model: str, params: Params, root: Path) -> None:
+    """One line on stderr when the model learnt from synthetic figures only. A registry model says so
+    itself when loaded (its serving config records its training data); a local file is judged only
+    when it is this project's train.model_out, trained on prepare.main."""
+    from pipeline import runtime
+    from spd.predict import training_data_note
+
+    if "://" in model or model.startswith("models:/"):
+        return
+    if Path(model).resolve() == Path(runtime.resolve_path(root, params.train.model_out)).resolve():
+        main = params.prepare.main
+        note = training_data_note({"source": main.source, "root": main.root}, model)
+        if note:
+            print(note, file=sys.stderr)
 
 
 def unique_stem(path: Path, used: set[str]) -> str:
@@ -146,10 +156,9 @@ def unique_stem(path: Path, used: set[str]) -> str:
 def predict_one(predictor: Any, path: Path, out: Path, stem: str, args: argparse.Namespace) -> None:
     from spd.data.imageio import read_image
 
-    image = read_image(path)  # (H, W, 3) RGB; DataError naming the file if unreadable
-    pred = predictor.predict(image)
-    rgb = to_rgb8(image)
-    overlay = blend(rgb, pred.labels)
+    image = read_image(path)  # (H, W, 3) uint8 RGB; DataError naming the file if unreadable
+    pred = predictor.predict(image, iuv=args.iuv, flip_tta=args.flip_tta)
+    overlay = blend(image, pred.labels)
     if pred.joints is not None:
         overlay = draw_joints(overlay, pred.joints, min_score=0.05)
     atomic_write_bytes(out / f"{stem}_mask.png", encode_png(colorize(pred.labels)))
@@ -183,8 +192,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline import runtime
 
     files = collect_images(args.inputs)
-    predictor = load_predictor(args.model, params, runtime.project_root(args.params))
-    predictor.flip_tta = args.flip_tta
+    root = runtime.project_root(args.params)
+    predictor = load_predictor(args.model, params, root, args.device)
+    note_synthetic_training(args.model, params, root)
     if args.joints and "pose" not in predictor.tasks:
         raise SpdError(f"--joints: model {args.model} has no pose head (tasks {list(predictor.tasks)})")
     if args.iuv and "densepose" not in predictor.tasks:

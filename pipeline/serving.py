@@ -22,8 +22,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,14 +35,17 @@ import cv2
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModelContext
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from spd.data.imageio import check_complete
 from spd.errors import DataError
 
+MODEL_CODE = Path(__file__).with_name("serving_model.py")  # the "model from code" file MLflow runs
 MODEL_FILE = "model_file"  # artifact key: the spd model file (train.model_out)
 SERVING_CONFIG = "serving_config"  # artifact key: JSON with max_pixels, flip_tta, classes
 IMAGE_COLUMN = "image"
@@ -48,7 +54,21 @@ PREDICT_CHUNK = 8  # images per forward pass: bounds memory for long lists
 
 # What the served model needs at run time, pinned to the versions it was registered with.
 # torch's local tag (+cu130, +cpu) is dropped: it names a wheel index, not a release.
+logger = logging.getLogger(__name__)
 PINNED_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "mlflow", "pyyaml", "pandas")
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the serving config records besides the model: request limits and defaults, where the
+    model runs, and where it came from (shown to consumers)."""
+
+    max_pixels: int
+    flip_tta: bool = False
+    device: str = "auto"  # auto: CUDA where present, else CPU
+    torch_threads: int | None = None  # torch intra-op threads per server process; None: torch's
+    model_name: str | None = None
+    training_data: Mapping[str, Any] = field(default_factory=dict)  # source, root, label_set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,28 +183,42 @@ def encode_mask(label_map: np.ndarray) -> bytes:
 
 
 class SpdSegmenter(mlflow.pyfunc.PythonModel):
-    """Human parsing for any image size: returns class-id label maps at each input's own size."""
+    """Human parsing for any image size: returns class-id label maps at each input's own size.
 
-    def load_context(self, context: Any) -> None:
-        from spd.predict import Predictor
+    Thread-safe: the scoring server runs requests on several threads at once, so nothing is written
+    after `load_context`; a request's options (params.flip_tta) travel with its call.
+    """
+
+    def load_context(self, context: PythonModelContext) -> None:
+        from spd.predict import Predictor, training_data_note
 
         config = json.loads(Path(context.artifacts[SERVING_CONFIG]).read_text())
         self.max_pixels = int(config["max_pixels"])
         self.flip_tta = bool(config["flip_tta"])
-        self.predictor = Predictor.from_checkpoint(context.artifacts[MODEL_FILE])
+        overrides = context.model_config or {}  # mlflow.pyfunc.load_model(..., model_config=...)
+        device = overrides.get("device") or config.get("device", "auto")
+        threads = overrides.get("torch_threads", config.get("torch_threads"))
+        if threads:  # process-wide, set once at load: the scoring server's knob, not a request's
+            torch.set_num_threads(int(threads))
+        self.predictor = Predictor.from_file(context.artifacts[MODEL_FILE], device=device)
+        note = training_data_note(config.get("training_data", {}), config.get("model_name", "this model"))
+        if note:
+            logger.warning(note)
 
-    # No type hints here (MLflow warns about that once): it would derive a list-only input schema
-    # from them and reject plain image arrays.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # MLflow validates and converts inputs by the type hint, except for a DataFrame hint: the other
+    # accepted forms (arrays, lists of arrays; module docstring) then reach split_input unchanged.
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame | np.ndarray | list[np.ndarray]:
         flip_tta = bool((params or {}).get("flip_tta", self.flip_tta))
         try:
             images, form = split_input(model_input, self.max_pixels)
         except DataError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        self.predictor.flip_tta = flip_tta
         maps = []
         for i in range(0, len(images), PREDICT_CHUNK):
-            maps += [p.labels for p in self.predictor.predict_batch(images[i : i + PREDICT_CHUNK], iuv=False)]
+            chunk = images[i : i + PREDICT_CHUNK]
+            maps += [p.labels for p in self.predictor.predict_batch(chunk, iuv=False, flip_tta=flip_tta)]
         if form == "single":
             return maps[0]
         if form == "stack":
@@ -233,7 +267,7 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def write_serving_config(path: Path, max_pixels: int, flip_tta: bool, model_file: Path) -> None:
+def write_serving_config(path: Path, model_file: Path, options: ServingOptions) -> None:
     import torch
 
     from spd.labels import LABEL_SETS
@@ -242,12 +276,16 @@ def write_serving_config(path: Path, max_pixels: int, flip_tta: bool, model_file
     label_set = meta.get("label_set", "lip")
     config = {
         "format": CONFIG_FORMAT,
-        "max_pixels": max_pixels,
-        "flip_tta": flip_tta,
+        "max_pixels": options.max_pixels,
+        "flip_tta": options.flip_tta,
+        "device": options.device,
+        "torch_threads": options.torch_threads,
         "label_set": label_set,
         "classes": list(LABEL_SETS[label_set]),
         "image_size": meta.get("image_size"),
         "model": meta.get("model"),
+        "model_name": options.model_name,
+        "training_data": dict(options.training_data),
     }
     path.write_text(json.dumps(config, indent=2) + "\n")
 
@@ -263,19 +301,25 @@ def stage_code(dest: Path) -> list[str]:
     return [str(dest / "spd"), str(dest / "pipeline")]
 
 
-def log_pyfunc(model_file: Path, max_pixels: int, flip_tta: bool, registered_model_name: str | None) -> Any:
-    """Log the model in the active MLflow run (and register it); returns the ModelInfo."""
+def log_pyfunc(model_file: Path, options: ServingOptions) -> Any:
+    """Log the model in the active MLflow run, registered as options.model_name unless None;
+    returns the ModelInfo.
+
+    Logged as an MLflow "model from code": MLflow stores MODEL_CODE (which builds an SpdSegmenter)
+    and runs it when loading, so no Python object is pickled and the model loads with any
+    cloudpickle version.
+    """
     with tempfile.TemporaryDirectory(prefix="spd-serving-") as tmp:
         tmp_path = Path(tmp)
         config_path = tmp_path / "serving.json"
-        write_serving_config(config_path, max_pixels, flip_tta, model_file)
+        write_serving_config(config_path, model_file, options)
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=SpdSegmenter(),
+            python_model=str(MODEL_CODE),
             artifacts={MODEL_FILE: str(model_file), SERVING_CONFIG: str(config_path)},
             code_paths=stage_code(tmp_path / "code"),
-            signature=signature(flip_tta),
+            signature=signature(options.flip_tta),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
-            registered_model_name=registered_model_name,
+            registered_model_name=options.model_name,
         )

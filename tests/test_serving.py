@@ -8,6 +8,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -32,7 +34,8 @@ def logged_model(tiny_model_file: Path, tmp_path_factory: pytest.TempPathFactory
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("serving-test", artifact_location=(work / "mlartifacts").as_uri())
     with mlflow.start_run(experiment_id=exp):
-        info = serving.log_pyfunc(tiny_model_file, MAX_PIXELS, False, "spd-serving-test")
+        options = serving.ServingOptions(max_pixels=MAX_PIXELS, model_name="spd-serving-test")
+        info = serving.log_pyfunc(tiny_model_file, options)
     mlflow.MlflowClient(uri).set_registered_model_alias(
         "spd-serving-test", "champion", info.registered_model_version
     )
@@ -127,9 +130,10 @@ def test_pyfunc_records_its_input_example_signature_and_pinned_requirements(logg
     assert config["max_pixels"] == MAX_PIXELS and len(config["classes"]) == 20
 
 
-@pytest.mark.slow
-def test_rest_round_trip_through_mlflow_models_serve(logged_model, tmp_path: Path) -> None:
-    """`mlflow models serve` on 127.0.0.1 answers an encoded image with its mask, and a bad one with 400."""
+@pytest.fixture(scope="module")
+def served(logged_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow models serve` of the registered model on 127.0.0.1 (one worker, which answers on
+    several threads); yields its base URL, stopped by its PID."""
     uri, model_uri = logged_model
     port = free_port()
     cmd = [
@@ -137,27 +141,75 @@ def test_rest_round_trip_through_mlflow_models_serve(logged_model, tmp_path: Pat
         "--host", "127.0.0.1", "-p", str(port), "--workers", "1",
     ]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(cmd, f"{base}/ping", tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": uri})
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = start_server(cmd, f"{base}/ping", log, env={"MLFLOW_TRACKING_URI": uri})
     try:
-        image = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-        body = {
-            "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png_bytes(image)).decode()]]}
-        }
-        reply = post_json(f"{base}/invocations", body)
-        [row] = reply["predictions"]
-        mask = cv2.imdecode(np.frombuffer(base64.b64decode(row["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (37, 53) == (row["height"], row["width"])
-
-        bad = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"hello").decode()]]}}
-        with pytest.raises(urllib.error.HTTPError) as err:
-            post_json(f"{base}/invocations", bad)
-        assert err.value.code == 400
-        assert "image[0]: not an image" in json.loads(err.value.read())["message"]
-        # The server survived the bad request.
-        assert post_json(f"{base}/invocations", body)["predictions"][0]["height"] == 37
+        yield base
     finally:
         stop_process_group(proc)
     assert subprocess.run(["kill", "-0", str(proc.pid)], capture_output=True).returncode != 0
+
+
+def frame_body(images: list[np.ndarray], params: dict | None = None) -> dict:
+    rows = [[base64.b64encode(png_bytes(im)).decode()] for im in images]
+    body: dict = {"dataframe_split": {"columns": ["image"], "data": rows}}
+    if params is not None:
+        body["params"] = params
+    return body
+
+
+def decoded_masks(reply: dict) -> list[np.ndarray]:
+    return [
+        cv2.imdecode(np.frombuffer(base64.b64decode(row["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
+        for row in reply["predictions"]
+    ]
+
+
+@pytest.mark.slow
+def test_rest_round_trip_through_mlflow_models_serve(served: str) -> None:
+    """An encoded image gets its mask; a bad one gets 400 naming the problem, and serving goes on."""
+    image = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    reply = post_json(f"{served}/invocations", frame_body([image]))
+    [mask] = decoded_masks(reply)
+    assert mask.shape == (37, 53) == (reply["predictions"][0]["height"], reply["predictions"][0]["width"])
+
+    bad = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"hello").decode()]]}}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        post_json(f"{served}/invocations", bad)
+    assert err.value.code == 400
+    assert "image[0]: not an image" in json.loads(err.value.read())["message"]
+    # The server survived the bad request.
+    assert post_json(f"{served}/invocations", frame_body([image]))["predictions"][0]["height"] == 37
+
+
+@pytest.mark.slow
+def test_concurrent_requests_with_different_options_each_get_their_own_answer(served: str) -> None:
+    """8 client threads send interleaved requests, half with flip_tta on: every answer equals the
+    same request served alone (the scoring server runs requests on several threads at once, so an
+    option kept in shared state would leak into another client's answer)."""
+    from spd.data.synth import generate_sample
+
+    rng = np.random.default_rng(5)
+    photos = [generate_sample(rng, image_size=s).image for s in (48, 64, 80, 96)]
+    requests = [(i, flip) for i in range(len(photos)) for flip in (False, True)]
+
+    def serve(i: int, flip: bool) -> list[np.ndarray]:
+        body = frame_body([photos[i]], {"flip_tta": flip})
+        return decoded_masks(post_json(f"{served}/invocations", body))
+
+    alone = {(i, flip): serve(i, flip) for i, flip in requests}
+    # The check can fail: the option changes the answer for these photos.
+    assert any(not np.array_equal(alone[(i, False)][0], alone[(i, True)][0]) for i in range(len(photos)))
+
+    schedule = [requests[k] for k in rng.permutation(np.arange(80) % len(requests))]
+
+    def ask(request: tuple[int, bool]) -> bool:
+        masks = serve(*request)
+        return all(np.array_equal(m, r) for m, r in zip(masks, alone[request], strict=True))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        same = list(pool.map(ask, schedule))
+    assert sum(not ok for ok in same) == 0, f"{sum(not ok for ok in same)} of {len(same)} answers differ"
 
 
 def post_json(url: str, body: dict) -> dict:
