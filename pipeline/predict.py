@@ -33,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joints", action="store_true", help="also write <stem>_joints.json")
     parser.add_argument("--iuv", action="store_true", help="also write <stem>_iuv.png (DensePose I, U, V)")
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
-    parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda[:N], or auto (CUDA where present); default cpu"
-    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda[:N]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +100,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def load_predictor(model: str, params: Params, root: Path, device: str = "cpu") -> Any:
+def load_predictor(model: str, params: Params, root: Path, device: str = "auto") -> Any:
     """A local model file, or the model behind a registry URI (`models:/NAME@ALIAS`, `runs:/...`)."""
     from spd.predict import Predictor
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import time
 import urllib.parse
@@ -43,6 +44,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics", default=None, help="evaluation metrics (default: <evaluate.out_dir>/metrics.json)"
     )
+    parser.add_argument(
+        "--device", default="auto", help="where the served model runs: auto (CUDA where present), cpu, cuda"
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads per server process"
+    )
+
+
+def model_card(params: Params, root: Path, model_file: Path, miou: float) -> tuple[dict[str, str], str]:
+    """(tags, description) of a registered version: what it learnt from, what it is, how it scored."""
+    import hashlib
+
+    from pipeline import runtime
+    from spd.config import params_to_dict
+    from spd.model.spd import load_model_file
+
+    _, info = load_model_file(model_file)
+    cfg, main = info["model_cfg"], params.prepare.main
+    val_dataset = f"{main.source} val split ({main.out}/val)"
+    tags = {
+        "training_data.source": main.source,
+        "training_data.root": main.root,
+        "training_data.hash": runtime.data_hash(root, main.out) or "unknown (not in dvc.lock)",
+        "label_set": info["label_set"],
+        "num_classes": str(info["num_classes"]),
+        "image_size": str(info["image_size"]),
+        "backbone": cfg.backbone,
+        "output_stride": str(cfg.output_stride),
+        "tasks": ",".join(cfg.tasks),
+        "val_dataset": val_dataset,
+        "git_commit": runtime.git_commit(root) or "unknown",
+        "params_hash": hashlib.sha256(
+            json.dumps(params_to_dict(params), sort_keys=True).encode()
+        ).hexdigest()[:16],
+    }
+    use = (
+        "A pipeline demonstration: trained on synthetic figures only, its masks of real photographs "
+        "are not meaningful. Train on LIP/ATR (prepare.main.source) for real use."
+        if main.source == "synthetic"
+        else f"Human parsing of photographs like those of {main.source.upper()}."
+    )
+    tags["intended_use"] = use
+    description = (
+        f"SPD human parsing: {cfg.backbone} (output stride {cfg.output_stride}), tasks "
+        f"{', '.join(cfg.tasks)}, {info['image_size']} px, label set {info['label_set']} "
+        f"({info['num_classes']} classes). Trained on {main.source} data from {main.root}. "
+        f"Val mIoU {miou:.4f} on the {val_dataset}. Commit {tags['git_commit']}, params hash "
+        f"{tags['params_hash']}. {use}"
+    )
+    return tags, description
 
 
 def read_metrics(path: Path) -> tuple[float, dict[str, float]]:
@@ -178,6 +229,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
     metrics_file = Path(runtime.resolve_path(root, args.metrics or f"{params.evaluate.out_dir}/metrics.json"))
     if not model_file.is_file():
         raise SpdError(f"{model_file}: model file not found; run `spd train` first")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise SpdError(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
     miou, eval_metrics = read_metrics(metrics_file)
     name = params.register.model_name
 
@@ -193,14 +246,25 @@ def run(params: Params, args: argparse.Namespace) -> int:
     else:
         experiment_id = runtime.get_or_create_experiment(client, params.mlflow.experiment, uri)
         active = mlflow.start_run(experiment_id=experiment_id, run_name="register")
+    card_tags, description = model_card(params, root, model_file, miou)
+    main = params.prepare.main
+    options = serving.ServingOptions(
+        max_pixels=params.register.max_pixels,
+        flip_tta=params.evaluate.flip_tta,
+        device=args.device,
+        torch_threads=args.torch_threads,
+        model_name=name,
+        training_data={"source": main.source, "root": main.root, "label_set": card_tags["label_set"]},
+    )
     with active as run:
         mlflow.log_metrics(eval_metrics)
         # Tags, not params: the training run already holds params, and those cannot change.
         mlflow.set_tags({"registered_model": name, "serving.max_pixels": str(params.register.max_pixels)})
-        info = serving.log_pyfunc(model_file, params.register.max_pixels, params.evaluate.flip_tta, name)
+        info = serving.log_pyfunc(model_file, options)
     version = str(info.registered_model_version)
-    client.set_model_version_tag(name, version, MIOU_TAG, repr(miou))
-    client.set_model_version_tag(name, version, "metrics_file", str(metrics_file))
+    for key, value in {**card_tags, MIOU_TAG: repr(miou), "metrics_file": str(metrics_file)}.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=description)
     outcome = gate(client, name, version, miou)
 
     report = {

@@ -57,6 +57,19 @@ def test_register_over_http_gates_the_champion_alias(
     assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
     assert not client.search_registered_models(f"name = '{name}.register-lock'")
 
+    # Each version carries its model card: provenance tags and a description, read back here.
+    version = client.get_model_version(name, better["version"])
+    tags = version.tags
+    assert tags["training_data.source"] == "synthetic"
+    assert tags["training_data.root"] == "data/raw/synth_lip"
+    assert (tags["label_set"], tags["num_classes"], tags["image_size"]) == ("lip", "20", "32")
+    assert (tags["backbone"], tags["tasks"]) == ("resnet18", "seg,pose,densepose")
+    assert tags["val_miou"] == "0.5" and tags["val_dataset"] == "synthetic val split (data/prepared/main/val)"
+    assert len(tags["params_hash"]) == 16 and tags["git_commit"]
+    assert "not meaningful" in tags["intended_use"]
+    assert "trained on synthetic data" in version.description.lower()
+    assert "Val mIoU 0.5000" in version.description
+
     # A consumer loads the champion over HTTP and gets a mask.
     import numpy as np
 
@@ -94,6 +107,7 @@ def test_two_registers_at_once_leave_the_better_model_champion(
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out.decode()[-3000:]
+        assert "Warning" not in out.decode(), out.decode()[-3000:]  # e.g. MLflow's pickling warnings
 
     reports = [json.loads((tmp_path / f"p{i}" / "reports" / "registry.json").read_text()) for i in range(2)]
     by_miou = {r["val_miou"]: r for r in reports}
