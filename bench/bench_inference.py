@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_train_step import peak_conv_flops, peak_matmul_flops  # noqa: E402
 
-from spd.config import ModelConfig, load_params  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from spd.config import ModelConfig  # noqa: E402
 from spd.data.synth import generate_sample  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
 from spd.labels import NUM_LIP_CLASSES  # noqa: E402

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_inference import load_model, photos  # noqa: E402
 
-from spd.config import load_params  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
 from tests.fixtures.serving import free_port, start_server, stop_process_group  # noqa: E402
 
