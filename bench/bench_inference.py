@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_train_step import peak_conv_flops, peak_matmul_flops  # noqa: E402
+from bench_train_step import machine, peak_conv_flops, peak_matmul_flops  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
 from spd.config import ModelConfig  # noqa: E402
@@ -205,11 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     report = {
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
+            **machine(),
             "load_average_1_5_15_before": list(load_before),
             "load_average_1_5_15_after": list(os.getloadavg()),
         },

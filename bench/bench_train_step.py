@@ -17,6 +17,7 @@ alone is not the machine's peak and ratios against it exceed 100%; both figures 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -34,6 +35,17 @@ from spd.losses import SPDLoss  # noqa: E402
 from spd.model import build_model  # noqa: E402
 
 PRECISIONS = {"fp32": (None, False), "bf16": (torch.bfloat16, True)}  # (autocast dtype, channels_last)
+
+
+def machine() -> dict:
+    """What every bench records about the machine it ran on (next to its measured peak)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def _calls_per_second(call: Callable[[], torch.Tensor], seconds: float) -> float:
@@ -198,13 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": {**machine(), "device": str(device)},
         "peak_matmul_flop_per_s": matmul_peaks,
         "peak_conv_flop_per_s": conv_peaks,
         "peak_flop_per_s": peaks,
