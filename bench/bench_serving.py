@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_inference import load_model, photos  # noqa: E402
+from bench_train_step import machine, peak_conv_flops, peak_matmul_flops  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
@@ -220,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from spd.model import save_model_file
 
+    cpu = torch.device("cpu")
+    peaks = {  # the machine's measured peak at the start, next to the numbers it bounds
+        "fp32_conv": peak_conv_flops(None, False, cpu, seconds=1.0),
+        "fp32_matmul": peak_matmul_flops(torch.float32, cpu, seconds=1.0),
+    }
+    print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     model, info, model_desc = load_model(args)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         save_model_file(model_file, model, cfg, info["num_classes"], info["label_set"], info["image_size"])
         knobs = {knob: bench_knob(knob, model_file, args, work) for knob in args.knobs.split(",")}
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "shared": "other jobs ran"},
+        "machine": {**machine(), "shared": "other jobs ran"},
+        "peak_flop_per_s": peaks,
         "model": model_desc,
         "requests": "JPEG q90 photos 512x512 and 1920x1080 (2 each), flip_tta on/off; every "
         f"{BAD_EVERY}th request bad (not an image / truncated JPEG / oversized)",
