@@ -105,21 +105,13 @@ def _corners_agree(low: torch.Tensor) -> torch.Tensor:
     return same & (low == torch.cat([down[:, 1:], down[:, -1:]], 1))
 
 
-def _bilinear_at(flat: torch.Tensor, w: int, ys: AxisMap, xs: AxisMap, r: torch.Tensor, c: torch.Tensor):
-    """flat (h*w, C) head maps; output pixels (r, c) -> (n, C) bilinear values there."""
-    y0, y1, wy = ys.i0[r] * w, ys.i1[r] * w, ys.w1[r, None]
-    x0, x1, wx = xs.i0[c], xs.i1[c], xs.w1[c, None]
-    top = flat[y0 + x0] * (1 - wx) + flat[y0 + x1] * wx
-    bottom = flat[y1 + x0] * (1 - wx) + flat[y1 + x1] * wx
-    return top * (1 - wy) + bottom * wy
-
-
 def upsample_argmax(logits: torch.Tensor, ys: AxisMap, xs: AxisMap) -> torch.Tensor:
     """(C, h, w) head logits -> (H, W) uint8 arg-max of their bilinear upsampling.
 
     Where the four head pixels around an output pixel share one arg-max class c, every convex
-    combination of their logits has c as arg-max too, so the label is read at head resolution;
-    only output pixels on a class boundary are interpolated, in bands of _CHUNK_PIXELS.
+    combination of their logits has c as arg-max too, so the label is read at head resolution.
+    Output pixels on a class boundary are interpolated, separably: every output row at head width
+    first ((C, H, w), small), then each boundary pixel reads its two neighbours in that row.
     """
     C, h, w = logits.shape
     low = logits.argmax(0)  # (h, w)
@@ -127,10 +119,16 @@ def upsample_argmax(logits: torch.Tensor, ys: AxisMap, xs: AxisMap) -> torch.Ten
     mixed = ~_corners_agree(low).index_select(0, ys.i0).index_select(1, xs.i0)
     r, c = mixed.nonzero(as_tuple=True)
     if r.numel():
-        flat = logits.permute(1, 2, 0).reshape(h * w, C)
-        for k in range(0, r.numel(), _CHUNK_PIXELS // 8):
-            rk, ck = r[k : k + _CHUNK_PIXELS // 8], c[k : k + _CHUNK_PIXELS // 8]
-            labels[rk, ck] = _bilinear_at(flat, w, ys, xs, rk, ck).argmax(1).to(torch.uint8)
+        wy = ys.w1[:, None]
+        rows = logits.index_select(1, ys.i0) * (1 - wy) + logits.index_select(1, ys.i1) * wy  # (C, H, w)
+        rows = rows.reshape(C, -1)
+        step = _CHUNK_PIXELS // C
+        for k in range(0, r.numel(), step):
+            rk, ck = r[k : k + step], c[k : k + step]
+            wx = xs.w1[ck]
+            left = rows.index_select(1, rk * w + xs.i0[ck])  # (C, n)
+            right = rows.index_select(1, rk * w + xs.i1[ck])
+            labels[rk, ck] = (left * (1 - wx) + right * wx).argmax(0).to(torch.uint8)
     return labels
 
 
