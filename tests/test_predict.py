@@ -108,3 +108,37 @@ def test_from_file_round_trip(tmp_path):
     save_model_file(tmp_path / "m.pt", model, cfg, 18, "atr", 64)
     p = Predictor.from_file(tmp_path / "m.pt").predict(np.zeros((20, 30, 3), np.uint8))
     assert p.labels.shape == (20, 30) and p.joints is None and p.iuv is None
+
+
+@pytest.mark.parametrize("height, width", [(37, 53), (90, 40), (300, 200), (7, 5)])
+def test_labels_are_the_arg_max_of_one_bilinear_resampling_through_the_letterbox(height, width):
+    """Deciding a label at head resolution wherever the four head pixels around it agree is exact:
+    the labels equal the arg-max of the head logits bilinearly resampled (float64, every pixel) from
+    the head's grid straight to the input's pixels of the image's part of the square."""
+    import torch.nn.functional as F
+
+    from spd.data.letterbox import letterbox_params
+    from spd.predict import axis_map, upsample_argmax
+
+    size, head = 32, 8
+    logits = torch.randn(20, head, head, generator=torch.Generator().manual_seed(height))
+    scale, px, py, nw, nh = letterbox_params(height, width, size)
+    cpu = torch.device("cpu")
+    labels = upsample_argmax(
+        logits, axis_map(height, py, nh, size, head, cpu), axis_map(width, px, nw, size, head, cpu)
+    )
+
+    def grid(out_n: int, crop0: int, crop_n: int) -> torch.Tensor:  # output pixels -> [-1, 1] of the square
+        square = ((torch.arange(out_n, dtype=torch.float64) + 0.5) * crop_n / out_n - 0.5).clamp(
+            0, crop_n - 1
+        )
+        return (square + crop0 + 0.5) / size * 2 - 1
+
+    gy, gx = torch.meshgrid(grid(height, py, nh), grid(width, px, nw), indexing="ij")
+    dense = F.grid_sample(
+        logits.double()[None], torch.stack([gx, gy], -1)[None], mode="bilinear", padding_mode="border",
+        align_corners=False,
+    )[0]  # fmt: skip
+    # The check can fail: these logits change class across the image.
+    assert len(dense.argmax(0).unique()) > 1
+    np.testing.assert_array_equal(labels.numpy(), dense.argmax(0).to(torch.uint8).numpy())
