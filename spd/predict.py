@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spd.data.dataset import MEAN, STD
+from spd.data.imageio import to_uint8
 from spd.data.letterbox import Letterbox, letterbox_image, letterbox_params
 from spd.data.targets import decode_heatmaps
 from spd.errors import SpdError
@@ -25,8 +27,6 @@ from spd.model.spd import load_model_file
 from spd.precision import autocast_dtype
 from spd.tta import flip_average
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _CHUNK_PIXELS = 1 << 20  # upsample logits in row bands of about this many output pixels
 
 
@@ -59,7 +59,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise SpdError(f"image: expected a numpy array, got {type(image).__name__}")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)  # the high byte, as spd.data.imageio reads training images
+        image = to_uint8(image)  # as spd.data.imageio reads training images
     elif image.dtype != np.uint8:
         raise SpdError(f"image: expected dtype uint8 or uint16, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
@@ -193,8 +193,8 @@ class Predictor:
         self.tasks = tuple(getattr(model, "tasks", ("seg",)))
         self._flip_tta = bool(flip_tta)
         self.autocast_dtype = autocast_dtype("auto", self.device)  # bf16 only where native
-        self.mean = torch.as_tensor(IMAGENET_MEAN * 255, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.as_tensor(IMAGENET_STD * 255, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.as_tensor(np.array(MEAN, np.float32) * 255, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(np.array(STD, np.float32) * 255, device=self.device).view(1, 3, 1, 1)
 
     @property
     def flip_tta(self) -> bool:

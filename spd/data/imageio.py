@@ -40,7 +40,8 @@ def check_complete(data: bytes, path: Path) -> None:
         raise DataError(f"{path}: truncated PNG (no IEND chunk)")
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixels of any stored depth -> uint8: 16-bit keeps its high byte; float in [0, 1] is scaled."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
@@ -57,7 +58,7 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None or arr.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt or unsupported format)")
-    arr = _to_uint8(arr)
+    arr = to_uint8(arr)
     if arr.ndim == 2:
         return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
     channels = arr.shape[2]
