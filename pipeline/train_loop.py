@@ -63,6 +63,8 @@ def train_loop_per_worker(config: dict) -> None:
     t = job.params.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if job.verbose:
+        _print_worker_started(rank, world)
     s = _setup(job.params, Path(job.project_root), rank, world)
     history, start_epoch, run_id = _resume(s, rank, job.mlflow_run_id, t.seed)
     logger = _RankZeroMlflow(job.mlflow_tracking_uri, run_id) if rank == 0 and run_id else None
@@ -278,6 +280,16 @@ def _print_progress(metrics: dict[str, float], epoch: int, epochs: int, epoch_ti
         f"[spd train] epoch {epoch}/{epochs}  loss {metrics['train_loss']:.4f}  {val}  "
         f"{metrics['images_per_s']:.1f} img/s  lr {metrics['lr']:.2e}  ETA {_hms(eta)}\n"
     )
+    sys.stdout.flush()
+
+
+def _print_worker_started(rank: int, world: int) -> None:
+    """One line per worker (group), in place of Ray Train's INFO lines: where each rank runs, and
+    when Ray replaced a group after a failure."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8]
+    sys.stdout.write(f"[spd train] worker {rank}/{world} started: pid {os.getpid()} on node {node}\n")
     sys.stdout.flush()
 
 
