@@ -8,6 +8,7 @@ from rank 0. The worker receives the driver's typed, frozen `LoopConfig`; nothin
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -63,6 +64,9 @@ def train_loop_per_worker(config: dict) -> None:
     t = job.params.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray Train's worker logs every report (the whole TrainingReport) at INFO on a logger outside
+    # LoggingConfig's reach, so it propagates to the root logger; our progress line says it in one.
+    logging.getLogger().setLevel(logging.WARNING)
     if job.verbose:
         _print_worker_started(rank, world)
     s = _setup(job.params, Path(job.project_root), rank, world)

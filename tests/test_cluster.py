@@ -180,6 +180,7 @@ def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow
     # Placement, as Ray itself recorded it: each node's raylet started one of the two train workers.
     pids = started_worker_pids(out)
     assert len(pids) == 2, f"expected one worker group of 2 in the output:\n{out[-3000:]}"
+    assert "TrainingReport(" not in out  # one progress line per epoch, not Ray's report objects
     on_head, on_worker = ray_cluster.train_worker_pids("head"), ray_cluster.train_worker_pids("worker")
     assert len(set(pids) & on_head) == 1 and len(set(pids) & on_worker) == 1, (
         f"workers {pids} not one per node (head node ran {on_head}, worker node ran {on_worker})"
