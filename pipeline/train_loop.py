@@ -279,12 +279,10 @@ def val_metrics(m: dict[str, Any]) -> dict[str, float]:
 def _print_progress(metrics: dict[str, float], epoch: int, epochs: int, epoch_times: list[float]) -> None:
     eta = (sum(epoch_times) / len(epoch_times)) * (epochs - epoch)
     val = f"val mIoU {metrics['val_miou']:.4f}" if "val_miou" in metrics else "val mIoU   -   "
-    # sys.stdout.write, not print: Ray Train routes print() through its logger, which echoes it twice.
-    sys.stdout.write(
-        f"[spd train] epoch {epoch}/{epochs}  loss {metrics['train_loss']:.4f}  {val}  "
-        f"{metrics['images_per_s']:.1f} img/s  lr {metrics['lr']:.2e}  ETA {_hms(eta)}\n"
+    _say(
+        f"epoch {epoch}/{epochs}  loss {metrics['train_loss']:.4f}  {val}  "
+        f"{metrics['images_per_s']:.1f} img/s  lr {metrics['lr']:.2e}  ETA {_hms(eta)}"
     )
-    sys.stdout.flush()
 
 
 def _print_worker_started(rank: int, world: int) -> None:
@@ -293,7 +291,15 @@ def _print_worker_started(rank: int, world: int) -> None:
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:8]
-    sys.stdout.write(f"[spd train] worker {rank}/{world} started: pid {os.getpid()} on node {node}\n")
+    _say(f"worker {rank}/{world} started: pid {os.getpid()} on node {node}")
+
+
+def _say(line: str) -> None:
+    """One '[spd train] ...' console line from a worker, flushed at once.
+
+    sys.stdout.write, not print: Ray Train routes print() through its logger, which echoes it twice.
+    """
+    sys.stdout.write(f"[spd train] {line}\n")
     sys.stdout.flush()
 
 
@@ -315,8 +321,7 @@ def _fault_hook(marker: str | None, at_step: int) -> Any:
         if step == at_step and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"worker pid {os.getpid()} killed by train.fault_at_epoch\n")
-            sys.stdout.write(f"[spd train] fault hook: worker pid {os.getpid()} exits mid-epoch\n")
-            sys.stdout.flush()
+            _say(f"fault hook: worker pid {os.getpid()} exits mid-epoch")
             # Ray's controller registers the previous epoch's checkpoint asynchronously; a crash
             # before that resumes one checkpoint earlier (correct, but the hook is for tests, which
             # need one outcome), so give the registration time on a loaded machine.
