@@ -2,10 +2,11 @@
 
 Used by `spd predict`, `spd evaluate` and the MLflow pyfunc. Images are letterboxed to the model's
 `image_size` exactly as `spd prepare` packs them (aspect-preserving resize, centred padding), run
-under torch.inference_mode (bf16 autocast where the device computes bf16 natively) and mapped back: each head
-map is resampled once, from its own grid straight to the input's pixels of the image's part of the
-square (bilinear), and labels are decided at head resolution wherever that is exact, so the cost of
-a large photo is its boundary pixels, not all its pixels times all classes.
+through the network by the backend chosen at construction (spd.backends: ONNX Runtime on the CPU
+where it is installed, else PyTorch, bf16 autocast where the device computes bf16 natively) and
+mapped back: each head map is resampled once, from its own grid straight to the input's pixels of
+the image's part of the square (bilinear), and labels are decided at head resolution wherever that
+is exact, so the cost of a large photo is its boundary pixels, not all its pixels times all classes.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from spd.backends import network_forward
 from spd.data.dataset import MEAN, STD
 from spd.data.imageio import to_uint8
 from spd.data.letterbox import Letterbox, letterbox_image, letterbox_params
 from spd.data.targets import decode_heatmaps
 from spd.errors import SpdError
 from spd.model.spd import load_model_file
-from spd.precision import autocast_dtype
 from spd.tta import flip_average
 
 _CHUNK_PIXELS = 1 << 20  # upsample logits in row bands of about this many output pixels
@@ -175,7 +176,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class Predictor:
-    """Predictor(model, info, device='cpu', flip_tta=False); info as returned by load_model_file.
+    """Predictor(model, info, device='cpu', flip_tta=False, backend='auto'); info as returned by
+    load_model_file. backend (spd.backends): 'torch', 'onnx' (the model exported at construction and
+    run by ONNX Runtime, CPU only) or 'auto' (onnx on the CPU where onnxruntime is installed, else
+    torch); `threads`: ONNX Runtime's intra-op threads (default: torch's setting).
 
     Safe to share between threads: nothing is written after construction, and every per-request
     option (flip_tta, iuv) is an argument of `predict` / `predict_batch`. `flip_tta` here is only the
@@ -183,7 +187,13 @@ class Predictor:
     """
 
     def __init__(
-        self, model: nn.Module, info: dict, device: str | torch.device = "cpu", flip_tta: bool = False
+        self,
+        model: nn.Module,
+        info: dict,
+        device: str | torch.device = "cpu",
+        flip_tta: bool = False,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -192,7 +202,9 @@ class Predictor:
         self.label_set = str(info.get("label_set", "lip"))
         self.tasks = tuple(getattr(model, "tasks", ("seg",)))
         self._flip_tta = bool(flip_tta)
-        self.autocast_dtype = autocast_dtype("auto", self.device)  # bf16 only where native
+        self._run = network_forward(self.model, self.image_size, self.device, backend, threads)
+        self.backend = self._run.name  # what `auto` resolved to
+        self.autocast_dtype = self._run.autocast_dtype
         self.mean = torch.as_tensor(np.array(MEAN, np.float32) * 255, device=self.device).view(1, 3, 1, 1)
         self.std = torch.as_tensor(np.array(STD, np.float32) * 255, device=self.device).view(1, 3, 1, 1)
 
@@ -202,16 +214,12 @@ class Predictor:
         return self._flip_tta
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "cpu", flip_tta: bool = False) -> Predictor:
+    def from_file(
+        cls, path: str | Path, device: str = "cpu", flip_tta: bool = False, backend: str = "auto"
+    ) -> Predictor:
         """Load an `spd-model/1` file (as written by `spd train`)."""
         model, info = load_model_file(path)
-        return cls(model, info, device=device, flip_tta=flip_tta)
-
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
-            out = self.model(x.contiguous(memory_format=torch.channels_last))
-        return {k: v.float() for k, v in out.items()}
+        return cls(model, info, device=device, flip_tta=flip_tta, backend=backend)
 
     def _forward(self, x: torch.Tensor, flip_tta: bool) -> dict[str, torch.Tensor]:
         """Head outputs (B, ., h, w); with flip TTA averaged with the mirrored pass (spd.tta)."""

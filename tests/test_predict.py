@@ -11,23 +11,15 @@ from spd.errors import SpdError
 from spd.labels import flip_lut
 from spd.model import build_model, save_model_file
 from spd.predict import Predictor
+from tests.fixtures.model import randomise_bn
 
 
 @pytest.fixture(scope="module")
 def predictor_all_tasks() -> Predictor:
     torch.manual_seed(0)
     model = build_model(ModelConfig(head_channels=16), 20)
-    _randomise_bn(model)
+    randomise_bn(model)
     return Predictor(model, {"image_size": 64, "num_classes": 20, "label_set": "lip"})
-
-
-def _randomise_bn(model: torch.nn.Module) -> None:
-    """Give the untrained net non-trivial BN statistics so its outputs vary across the image."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.weight.data.copy_(1 + torch.randn(m.num_features, generator=g))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +83,7 @@ def test_flip_tta_of_a_symmetric_input_is_symmetric_with_left_right_swapped(torc
     # initial weights follow spd.model's per-part seeding; some seeds give a one-class map)
     torch.manual_seed(3)
     model = build_model(ModelConfig(tasks=("seg", "pose"), head_channels=16), 20)
-    _randomise_bn(model)
+    randomise_bn(model)
     predictor = Predictor(model, {"image_size": 64, "num_classes": 20, "label_set": "lip"}, flip_tta=True)
     rng = np.random.default_rng(0)
     half = rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)
