@@ -214,7 +214,9 @@ def evaluate_model(params: Params, model_file: Path, *, project_root: Path) -> d
             )
         else:
             print(f"note: prepare.cross is set but {cross_val} is not prepared; no cross-dataset score")
-    predictor = Predictor(model, info, device=DEVICE, flip_tta=cfg.flip_tta)
+    # torch: the overlays are a handful of images, fewer than repay an ONNX export at load (~2 s), and
+    # they then show the very network (and precision) the metrics above measured.
+    predictor = Predictor(model, info, device=DEVICE, flip_tta=cfg.flip_tta, backend="torch")
     result["overlay_rows"] = overlay_rows(predictor, val, cfg.overlays, cfg.batch_size)
     result["label_set"] = val.label_set
     return result

@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iuv", action="store_true", help="also write <stem>_iuv.png (DensePose I, U, V)")
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda[:N]")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="what runs the network: onnx (ONNX Runtime, CPU only, the model exported at load), torch, "
+        "or auto (onnx on the CPU where onnxruntime is installed, else torch)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +107,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def load_predictor(model: str, params: Params, root: Path, device: str = "auto") -> Any:
+def load_predictor(
+    model: str, params: Params, root: Path, device: str = "auto", backend: str = "auto"
+) -> Any:
     """A local model file, or the model behind a registry URI (`models:/NAME@ALIAS`, `runs:/...`)."""
     from spd.predict import Predictor
 
@@ -108,7 +117,7 @@ def load_predictor(model: str, params: Params, root: Path, device: str = "auto")
         path = Path(model)
         if not path.is_file():
             raise SpdError(f"--model {model}: no such model file (or use models:/NAME@ALIAS)")
-        return Predictor.from_file(path, device=device)
+        return Predictor.from_file(path, device=device, backend=backend)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -117,8 +126,8 @@ def load_predictor(model: str, params: Params, root: Path, device: str = "auto")
     uri = runtime.tracking_uri(params.mlflow, root)
     runtime.check_tracking_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    try:  # the serving config's device, overridden by --device through MLflow's model_config
-        pyfunc = mlflow.pyfunc.load_model(model, model_config={"device": device})
+    try:  # the serving config's device and backend, overridden through MLflow's model_config
+        pyfunc = mlflow.pyfunc.load_model(model, model_config={"device": device, "backend": backend})
     except MlflowException as e:
         raise SpdError(f"--model {model}: cannot load from {uri} ({e.message.splitlines()[0]})") from None
     wrapped = pyfunc.unwrap_python_model()
@@ -191,7 +200,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
 
     files = collect_images(args.inputs)
     root = runtime.project_root(args.params)
-    predictor = load_predictor(args.model, params, root, args.device)
+    predictor = load_predictor(args.model, params, root, args.device, args.backend)
     note_synthetic_training(args.model, params, root)
     if args.joints and "pose" not in predictor.tasks:
         raise SpdError(f"--joints: model {args.model} has no pose head (tasks {list(predictor.tasks)})")

@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="torch intra-op threads per server process"
     )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="what runs the served network: auto (ONNX Runtime on CPU where installed, else torch), "
+        "torch, onnx",
+    )
 
 
 def model_card(params: Params, root: Path, model_file: Path, miou: float) -> tuple[dict[str, str], str]:
@@ -253,6 +260,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         flip_tta=params.evaluate.flip_tta,
         device=args.device,
         torch_threads=args.torch_threads,
+        backend=args.backend,
         model_name=name,
         training_data={"source": main.source, "root": main.root, "label_set": card_tags["label_set"]},
     )

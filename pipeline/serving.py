@@ -47,7 +47,7 @@ from spd.errors import DataError
 
 MODEL_CODE = Path(__file__).with_name("serving_model.py")  # the "model from code" file MLflow runs
 MODEL_FILE = "model_file"  # artifact key: the spd model file (train.model_out)
-SERVING_CONFIG = "serving_config"  # artifact key: JSON with max_pixels, flip_tta, classes
+SERVING_CONFIG = "serving_config"  # artifact key: JSON with max_pixels, flip_tta, backend, classes
 IMAGE_COLUMN = "image"
 CONFIG_FORMAT = "spd-serving/1"
 PREDICT_CHUNK = 8  # images per forward pass: bounds memory for long lists
@@ -55,7 +55,18 @@ PREDICT_CHUNK = 8  # images per forward pass: bounds memory for long lists
 # What the served model needs at run time, pinned to the versions it was registered with.
 # torch's local tag (+cu130, +cpu) is dropped: it names a wheel index, not a release.
 logger = logging.getLogger(__name__)
-PINNED_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "mlflow", "pyyaml", "pandas")
+# onnxruntime and onnx: the served model's default backend (auto) exports to and runs on them.
+PINNED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "opencv-python-headless",
+    "mlflow",
+    "pyyaml",
+    "pandas",
+    "onnxruntime",
+    "onnx",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class ServingOptions:
     flip_tta: bool = False
     device: str = "auto"  # auto: CUDA where present, else CPU
     torch_threads: int | None = None  # torch intra-op threads per server process; None: torch's
+    backend: str = "auto"  # the network's runtime (spd.backends): auto (ONNX Runtime on CPU), torch, onnx
     model_name: str | None = None
     training_data: Mapping[str, Any] = field(default_factory=dict)  # source, root, label_set
 
@@ -200,7 +212,8 @@ class SpdSegmenter(mlflow.pyfunc.PythonModel):
         threads = overrides.get("torch_threads", config.get("torch_threads"))
         if threads:  # process-wide, set once at load: the scoring server's knob, not a request's
             torch.set_num_threads(int(threads))
-        self.predictor = Predictor.from_file(context.artifacts[MODEL_FILE], device=device)
+        backend = overrides.get("backend") or config.get("backend", "auto")  # older configs: auto
+        self.predictor = Predictor.from_file(context.artifacts[MODEL_FILE], device=device, backend=backend)
         note = training_data_note(config.get("training_data", {}), config.get("model_name", "this model"))
         if note:
             logger.warning(note)
@@ -280,6 +293,7 @@ def write_serving_config(path: Path, model_file: Path, options: ServingOptions) 
         "flip_tta": options.flip_tta,
         "device": options.device,
         "torch_threads": options.torch_threads,
+        "backend": options.backend,
         "label_set": label_set,
         "classes": list(LABEL_SETS[label_set]),
         "image_size": meta.get("image_size"),

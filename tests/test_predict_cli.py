@@ -100,3 +100,36 @@ def test_two_predict_runs_at_once_with_and_without_flip_tta_each_give_their_own_
     for flip in (False, True):
         for k in range(3):
             np.testing.assert_array_equal(masks["together", flip, k], masks["alone", flip, k])
+
+
+def test_backend_option_runs_the_network_on_onnx_runtime_or_torch_with_the_same_masks(
+    tiny_model_file: Path, project_root: Path, tmp_path: Path, torch_threads, monkeypatch, capsys
+) -> None:
+    from pipeline.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for k, (h, w) in enumerate([(40, 30), (64, 96)]):
+        cv2.imwrite(str(images / f"p{k}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")
+
+    def predict(backend: str) -> int:
+        params = str(tmp_path / "params.yaml")
+        model, out = str(tiny_model_file), str(tmp_path / backend)
+        return main(
+            ["predict", "--params", params, str(images), "--model", model, "--out", out, "--backend", backend]
+        )
+
+    assert predict("onnx") == 0 and predict("torch") == 0
+    colours = set()
+    for k in range(2):
+        onnx, eager = (cv2.imread(str(tmp_path / b / f"p{k}_mask.png")) for b in ("onnx", "torch"))
+        assert np.mean(onnx == eager) >= 0.999
+        colours |= set(map(tuple, eager.reshape(-1, 3)))
+    assert len(colours) > 1  # the masks are not one class, which would match trivially
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as on a machine without it
+    capsys.readouterr()
+    assert predict("onnx") == 1
+    assert "spd predict: error: backend onnx: onnxruntime is not installed" in capsys.readouterr().err

@@ -120,7 +120,16 @@ def test_pyfunc_records_its_input_example_signature_and_pinned_requirements(logg
     mlflow.set_tracking_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     reqs = (local / "requirements.txt").read_text().split()
-    for pkg in ("torch", "torchvision", "numpy", "opencv-python-headless", "mlflow", "pyyaml"):
+    for pkg in (
+        "torch",
+        "torchvision",
+        "numpy",
+        "opencv-python-headless",
+        "mlflow",
+        "pyyaml",
+        "onnxruntime",
+        "onnx",
+    ):
         assert any(r.startswith(f"{pkg}==") for r in reqs), (pkg, reqs)
     assert (local / "code" / "spd" / "predict.py").is_file()
     assert (local / "code" / "pipeline" / "serving.py").is_file()
@@ -128,6 +137,21 @@ def test_pyfunc_records_its_input_example_signature_and_pinned_requirements(logg
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["mask", "height", "width"]
     config = json.loads(next((local / "artifacts").glob("serving*.json")).read_text())
     assert config["max_pixels"] == MAX_PIXELS and len(config["classes"]) == 20
+    assert config["backend"] == "auto"
+
+
+def test_pyfunc_runs_the_network_on_onnx_runtime_unless_told_torch(logged_model, pyfunc) -> None:
+    import mlflow
+
+    uri, model_uri = logged_model
+    mlflow.set_tracking_uri(uri)
+    eager = mlflow.pyfunc.load_model(model_uri, model_config={"backend": "torch"})
+    assert pyfunc.unwrap_python_model().predictor.backend == "onnx"  # the serving config's auto, on CPU
+    assert eager.unwrap_python_model().predictor.backend == "torch"
+    image = np.random.default_rng(2).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    for flip_tta in (False, True):
+        a, b = (m.predict(image, params={"flip_tta": flip_tta}) for m in (pyfunc, eager))
+        assert np.mean(a == b) >= 0.999
 
 
 @pytest.fixture(scope="module")
