@@ -2,6 +2,7 @@
 
     python bench/bench_inference.py                         # default: random-init default model
     python bench/bench_inference.py --model models/spd.pt --rounds 5
+    python bench/bench_inference.py --backend torch        # the new path with PyTorch's forward
 
 Both paths get the same model object and the same photos, in the same process, alternating round by
 round (the machine is shared: alternation spreads load changes over both). A round predicts every
@@ -9,12 +10,13 @@ photo once with each path (`Predictor.predict`: colour conversion, letterbox, fo
 decoding the file is not timed). Modes: `labels` (iuv=False: labels and, with a pose head, joints)
 and `full` (labels, joints and the DensePose IUV map at the photo's size).
 
-The baseline is `spd/predict.py` read from git at --baseline-rev (default: the commit before the
-fast path), so the comparison is with the old code itself, not a copy. Agreement: the fraction of
-pixels whose label (and DensePose part) equals the baseline's; mean |U|, |V| difference in 1/255;
-largest joint displacement in pixels. Speed-ups: the median of per-round wall-time ratios, the
-ratio of each path's fastest round, and the ratio of median CPU time (this process, all threads),
-which waiting for a shared machine's cores does not inflate.
+The new path runs the network on --backend (default onnx: ONNX Runtime on the CPU, spd.backends;
+its export at load is not timed). The baseline is `spd/predict.py` read from git at --baseline-rev
+(default: the commit before the fast path), so the comparison is with the old code itself, not a
+copy. Agreement: the fraction of pixels whose label (and DensePose part) equals the baseline's;
+mean |U|, |V| difference in 1/255; largest joint displacement in pixels. Speed-ups: the median of
+per-round wall-time ratios, the ratio of each path's fastest round, and the ratio of median CPU
+time (this process, all threads), which waiting for a shared machine's cores does not inflate.
 
 Photos: people drawn by the project's generator (spd.data.synth) at the photo's long side, resized
 to exactly 512x512 and 1920x1080 and passed through a JPEG (quality 90) round trip.
@@ -167,6 +169,18 @@ def gpu_paper_profile(images: dict[str, list[np.ndarray]]) -> dict:
     return out
 
 
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "onnxruntime", "onnx"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="spd model file (default: random init, see --help)")
@@ -174,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--backend", default="onnx", choices=["auto", "torch", "onnx"], help="the new path's")
     ap.add_argument("--out", default=str(ROOT / "bench/results/inference.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -186,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     model, info, model_desc = load_model(args)
-    old_p, new_p = baseline_module(args.baseline_rev).Predictor(model, info), Predictor(model, info)
-    print(f"model: {model_desc}; new path autocast: {new_p.autocast_dtype}")
+    old_p = baseline_module(args.baseline_rev).Predictor(model, info)
+    new_p = Predictor(model, info, backend=args.backend)
+    print(f"model: {model_desc}; new path: backend {new_p.backend}, autocast {new_p.autocast_dtype}")
     images = {name: photos(size, args.images, seed=k) for k, (name, size) in enumerate(SIZES.items())}
     cases = {}
     for name, ims in images.items():
@@ -213,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         "photos": "spd.data.synth people resized to the exact size, JPEG q90 round trip",
         "baseline": f"spd/predict.py at git {args.baseline_rev}",
         "new_autocast": str(new_p.autocast_dtype),
+        "new_backend": new_p.backend,
+        "versions": versions(),
+        "command": " ".join(
+            ["python", "bench/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "cases": cases,
         "speedup": {k: v["speedup"] for k, v in cases.items()},
         "gpu_paper_profile": gpu_paper_profile(images),
