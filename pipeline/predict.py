@@ -34,11 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iuv", action="store_true", help="also write <stem>_iuv.png (DensePose I, U, V)")
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda[:N]")
+    add_backend_argument(parser, "what runs the network")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--backend (spd.backends), for `spd predict` and the served model of `spd register`."""
     parser.add_argument(
         "--backend",
         default="auto",
         choices=["auto", "torch", "onnx"],
-        help="what runs the network: onnx (ONNX Runtime, CPU only, the model exported at load), torch, "
+        help=f"{what}: onnx (ONNX Runtime, CPU only, the model exported at load), torch, "
         "or auto (onnx on the CPU where onnxruntime is installed, else torch)",
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params
+from pipeline.predict import add_backend_argument
 from spd.errors import SpdError
 from spd.io import atomic_write_json
 
@@ -50,13 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="torch intra-op threads per server process"
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnx"],
-        help="what runs the served network: auto (ONNX Runtime on CPU where installed, else torch), "
-        "torch, onnx",
-    )
+    add_backend_argument(parser, "what runs the served network")
 
 
 def model_card(params: Params, root: Path, model_file: Path, miou: float) -> tuple[dict[str, str], str]:
