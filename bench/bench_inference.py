@@ -202,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     model, info, model_desc = load_model(args)
     old_p = baseline_module(args.baseline_rev).Predictor(model, info)
+    start = time.perf_counter()
     new_p = Predictor(model, info, backend=args.backend)
-    print(f"model: {model_desc}; new path: backend {new_p.backend}, autocast {new_p.autocast_dtype}")
+    load_s = time.perf_counter() - start  # with onnx: export, session, check against torch
+    print(
+        f"model: {model_desc}; new path: backend {new_p.backend} (set up in {load_s:.1f} s), "
+        f"autocast {new_p.autocast_dtype}"
+    )
     images = {name: photos(size, args.images, seed=k) for k, (name, size) in enumerate(SIZES.items())}
     cases = {}
     for name, ims in images.items():
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": f"spd/predict.py at git {args.baseline_rev}",
         "new_autocast": str(new_p.autocast_dtype),
         "new_backend": new_p.backend,
+        "new_setup_seconds": load_s,
         "versions": versions(),
         "command": " ".join(
             ["python", "bench/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]
