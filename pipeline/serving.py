@@ -335,5 +335,11 @@ def log_pyfunc(model_file: Path, options: ServingOptions) -> Any:
             signature=signature(options.flip_tta),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
+            # MLflow applies a load's model_config only to keys logged here: these may be overridden.
+            model_config={
+                "device": options.device,
+                "torch_threads": options.torch_threads,
+                "backend": options.backend,
+            },
             registered_model_name=options.model_name,
         )
