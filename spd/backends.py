@@ -119,7 +119,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, output_names: list[str]
 
 def check_outputs(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
     """SpdError unless every head output of the exported network matches PyTorch's: same shape, and
-    within 1e-4 + 1e-3 x the output's largest magnitude (measured: ~1e-5 on the default model)."""
+    within 1e-4 + 1e-3 x the output's largest magnitude (a probe on the default model: 7e-6)."""
     for key, ref in expected.items():
         out = got[key]
         if out.shape != ref.shape:
