@@ -8,6 +8,9 @@
 #   scripts/cluster.sh kill-worker   SIGKILL every process of the worker node (a machine lost);
 #                                    `up` starts a fresh worker node again
 #   scripts/cluster.sh down          stop both nodes: exactly this cluster's processes, by PID
+#   scripts/cluster.sh s3-up         start an S3-compatible object server (moto) on 127.0.0.1 and
+#                                    print `export AWS_ENDPOINT_URL=http://127.0.0.1:<port>`
+#   scripts/cluster.sh s3-down       stop that server, by PID (its objects live in memory: gone)
 #
 # Each node is its own `ray start --block` (run in the background, so its PID is the node's) with
 # its own temp dir, 1 CPU (a logical resource; on a real cluster each would be a machine) and a
@@ -22,6 +25,9 @@
 # Never `ray stop` here: it stops every Ray process of this user on the machine, other people's
 # included. `down` kills only this cluster's processes: each node's `ray start` PID (recorded in the
 # state directory), its descendants, and any process whose command line names the node's temp dir.
+#
+# The object server (`pip install -e '.[s3]'`) is moto's standalone server: a real process speaking
+# the S3 HTTP API, objects in its memory, any access key accepted. It stands in for S3, MinIO or Ceph.
 #
 # Environment:
 #   SPD_CLUSTER_DIR           state directory (PIDs, logs, address); default /tmp/spd-cluster-<uid>
@@ -189,6 +195,44 @@ cmd_kill_worker() {
     echo "killed the worker node's processes: $pids"
 }
 
+cmd_s3_up() {
+    mkdir -p "$STATE_DIR"
+    if ! node_running s3; then
+        command -v moto_server >/dev/null || die "'moto_server' is not on PATH (pip install -e '.[s3]')"
+        local port deadline
+        port="$(free_ports 1)"
+        echo "http://127.0.0.1:$port" >"$STATE_DIR/s3.endpoint"
+        : >"$STATE_DIR/s3.log"
+        nohup moto_server -H 127.0.0.1 -p "$port" >>"$STATE_DIR/s3.log" 2>&1 </dev/null &
+        echo $! >"$STATE_DIR/s3.pid"
+        deadline=$((SECONDS + START_TIMEOUT))
+        # up once it answers an S3 request (the bucket list)
+        until "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+            "$(cat "$STATE_DIR/s3.endpoint")" 2>/dev/null; do
+            node_running s3 || die "the object server exited; see $STATE_DIR/s3.log"
+            ((SECONDS < deadline)) || die "the object server did not start in ${START_TIMEOUT}s"
+            sleep 0.5
+        done
+    fi
+    echo "export AWS_ENDPOINT_URL=$(cat "$STATE_DIR/s3.endpoint")"
+}
+
+cmd_s3_down() {
+    [[ -f "$STATE_DIR/s3.pid" ]] || return 0
+    local pid
+    pid="$(cat "$STATE_DIR/s3.pid")"
+    if node_running s3; then
+        kill -CONT "$pid" 2>/dev/null || true # a paused (SIGSTOP) server cannot act on SIGTERM
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do
+            node_running s3 || break
+            sleep 0.5
+        done
+        node_running s3 && kill -KILL "$pid" 2>/dev/null
+    fi
+    rm -f "$STATE_DIR/s3.pid" "$STATE_DIR/s3.endpoint"
+}
+
 cmd_status() {
     [[ -f "$STATE_DIR/address" ]] || die "no cluster in $STATE_DIR (run: scripts/cluster.sh up)"
     echo "address: $(cat "$STATE_DIR/address")"
@@ -212,8 +256,10 @@ address)
     cat "$STATE_DIR/address"
     ;;
 kill-worker) cmd_kill_worker ;;
+s3-up) cmd_s3_up ;;
+s3-down) cmd_s3_down ;;
 *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
