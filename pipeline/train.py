@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline import runtime, train_state
 from pipeline.config import Params, apply_tuning_results
+from pipeline.storage import describe_storage, ray_storage
 from pipeline.train_loop import CONFIG_KEY, LoopConfig, train_loop_per_worker
 from spd.errors import SpdError
 
@@ -86,6 +87,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     t = params.train
+    ray_storage_path, storage_filesystem = ray_storage(storage_path)  # s3:// -> pyarrow S3
     fault_marker = None
     if t.fault_at_epoch is not None and "://" not in storage_path:
         fault_marker = str(Path(storage_path) / run_name / train_state.FAULT_MARKER)
@@ -109,7 +111,8 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=ray_storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints,
@@ -182,7 +185,7 @@ def _fit(trainer: Any, run_dir: str, uri: str | None, run_id: str | None) -> Any
         first = str(e).strip().splitlines()
         raise SpdError(
             f"training run {Path(run_dir).name} failed ({type(e).__name__}: {first[0] if first else ''}); "
-            f"its checkpoints stay in {run_dir} and re-running resumes from the latest"
+            f"its checkpoints stay in {describe_storage(run_dir)} and re-running resumes from the latest"
         ) from e
     if result.checkpoint is None:
         train_state.end_mlflow_run(uri, run_id, "FAILED")

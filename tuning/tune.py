@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import runtime, train_state
 from pipeline.config import Params
+from pipeline.storage import ray_storage
 from spd.config import ConfigError, params_to_dict
 from spd.errors import SpdError
 
@@ -141,7 +142,8 @@ def run_search(
     runtime.check_tracking_reachable(uri)
     runtime.init_ray(params.ray)
 
-    resuming = tune.Tuner.can_restore(exp_dir)
+    exp_path, storage_fs = ray_storage(exp_dir)  # s3://bucket/p/name -> (bucket/p/name, pyarrow S3)
+    resuming = tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
     if resuming and local:
         _check_same_search(Path(exp_dir), fingerprint, tc.name)
     experiment_id, parent_run_id = search.open_parent_run(
@@ -158,7 +160,9 @@ def run_search(
     )
     if resuming:
         print(f"spd tune: continuing search {tc.name} from {exp_dir}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(
+            exp_path, trainable=trainable, resume_unfinished=True, storage_filesystem=storage_fs
+        )
     else:
         # A stopped trial's placement group is freed by Ray Train's own PlacementGroupCleaner
         # (it needs the dashboard's state API, which runtime.init_ray starts).
@@ -190,6 +194,7 @@ def _new_tuner(params: Params, trainable: Any, storage: str, callbacks: list, ea
     from tuning import search
 
     tc = params.tune
+    storage_path, storage_fs = ray_storage(storage)  # s3://bucket/p -> (bucket/p, pyarrow S3)
     concurrency = search.max_concurrent_trials(tc, ray.cluster_resources(), params.train.use_gpu)
     print(f"spd tune: search {tc.name}: {tc.num_trials} trials, up to {concurrency} at a time")
     searcher = OptunaSearch(metric=search.METRIC, mode=search.MODE, sampler=search.tpe_sampler(tc))
@@ -215,7 +220,8 @@ def _new_tuner(params: Params, trainable: Any, storage: str, callbacks: list, ea
         ),
         run_config=tune.RunConfig(
             name=tc.name,
-            storage_path=storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=tune.FailureConfig(max_failures=tc.max_failures),
             callbacks=callbacks,
             verbose=1,
@@ -232,7 +238,8 @@ def _write_outputs(params: Params, root: Path, exp_dir: str, uri: str, parent_ru
     tc = params.tune
     # The saved experiment state, not the in-memory trials: after a Ctrl-C Tune's clean-up marks
     # the trials it stops as terminated, while the state records them as still to be run.
-    trials = tune.ExperimentAnalysis(exp_dir).trials
+    exp_path, storage_fs = ray_storage(exp_dir)
+    trials = tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials
     outcomes = [report.outcome_of(t, tc.epochs) for t in trials]
     if any(o.status == search.STATUS_UNFINISHED for o in outcomes):
         search.end_parent_run(uri, parent_run_id, "KILLED")
