@@ -15,8 +15,11 @@ params or logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from spd.errors import SpdError
@@ -84,3 +87,37 @@ def describe_storage(storage_path: str) -> str:
         return storage_path
     endpoint = s3_endpoint()
     return f"{storage_path} (object storage at {endpoint})" if endpoint else f"{storage_path} (AWS S3)"
+
+
+def remove_tree(location: str) -> None:
+    """Delete a directory, or every object under an s3:// prefix; nothing there is fine."""
+    path, filesystem = ray_storage(location)
+    if filesystem is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        filesystem.delete_dir(path)
+
+
+def write_text(location: str, text: str) -> None:
+    """A small file in a directory (written atomically) or an object (S3 puts are atomic)."""
+    from spd.io import atomic_write_text
+
+    path, filesystem = ray_storage(location)
+    if filesystem is None:
+        atomic_write_text(path, text)
+        return
+    with filesystem.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(location: str) -> str | None:
+    """The file's or object's text; None when there is none."""
+    path, filesystem = ray_storage(location)
+    try:
+        if filesystem is None:
+            return Path(path).read_text()
+        with filesystem.open_input_stream(path) as f:
+            return f.read().decode()
+    except (FileNotFoundError, IsADirectoryError):
+        return None

@@ -168,12 +168,13 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
-    """The per-epoch metrics a Ray Train checkpoint (or its path) carries."""
+def checkpoint_history(checkpoint: Any, filesystem: Any = None) -> list[dict[str, float]]:
+    """The per-epoch metrics a Ray Train checkpoint (or its path) carries; `filesystem`: the pyarrow
+    file system a path is on (object storage, see pipeline.storage), None for a local path."""
     from ray.train import Checkpoint
 
     if not isinstance(checkpoint, Checkpoint):
-        checkpoint = Checkpoint(str(checkpoint))
+        checkpoint = Checkpoint(str(checkpoint), filesystem=filesystem)
     with checkpoint.as_directory() as d:
         return list(read_state(d).get("history", []))
 

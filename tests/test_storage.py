@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from pipeline.storage import describe_storage, ray_storage
+from pipeline.storage import describe_storage, ray_storage, read_text, remove_tree, write_text
 from spd.errors import SpdError
 from tests.fixtures.object_store import S3_ENV, ObjectServer
 
@@ -34,7 +34,8 @@ def test_s3_storage_is_written_in_the_bucket_at_the_configured_endpoint(
         f.write(b"weights")
     assert s3_environment.keys(s3_bucket) == ["spd/ray_results/run/epoch_0001/state.pt"]
     assert s3_environment.read(s3_bucket, "spd/ray_results/run/epoch_0001/state.pt") == b"weights"
-    assert describe_storage(f"{s3_bucket}/x") == f"{s3_bucket}/x (object storage at {s3_environment.endpoint})"
+    described = describe_storage(f"{s3_bucket}/x")
+    assert described == f"{s3_bucket}/x (object storage at {s3_environment.endpoint})"
 
 
 def test_the_file_system_ray_ships_to_workers_carries_the_endpoint_but_no_secret(
@@ -49,6 +50,20 @@ def test_the_file_system_ray_ships_to_workers_carries_the_endpoint_but_no_secret
     assert [i.path for i in pickle.loads(shipped).get_file_info([s3_bucket.removeprefix("s3://")])] == [
         s3_bucket.removeprefix("s3://")
     ]
+
+
+def test_search_state_round_trips_and_a_fresh_search_empties_its_prefix_in_the_bucket(
+    s3_environment: ObjectServer, s3_bucket: str
+) -> None:
+    write_text(f"{s3_bucket}/tuning/search/spd_search.json", '{"fingerprint": "abc"}')
+    write_text(f"{s3_bucket}/tuning/search-trials/trial-1/epoch_0001/state.pt", "w")
+    assert read_text(f"{s3_bucket}/tuning/search/spd_search.json") == '{"fingerprint": "abc"}'
+    assert read_text(f"{s3_bucket}/tuning/other/spd_search.json") is None
+    remove_tree(f"{s3_bucket}/tuning/search-trials")
+    remove_tree(f"{s3_bucket}/tuning/never-written")
+    # (pyarrow may leave an empty `tuning/` marker object standing for the parent directory)
+    files = [k for k in s3_environment.keys(s3_bucket) if not k.endswith("/")]
+    assert files == ["tuning/search/spd_search.json"]
 
 
 @pytest.mark.parametrize(

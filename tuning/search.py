@@ -259,8 +259,10 @@ class MlflowTrialCallback(Callback):
         search: str,
         lambda_seg: float,
         target_epochs: int,
+        storage_filesystem: Any = None,  # where trials checkpoint, when not a directory (pickles)
     ) -> None:
         self.uri = uri
+        self.storage_filesystem = storage_filesystem
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.search = search
@@ -332,7 +334,7 @@ class MlflowTrialCallback(Callback):
         if missing and result.get(CHECKPOINT_PATH_KEY):
             # An interrupted search loses the report of an epoch trained and checkpointed just
             # before the interruption; the resumed trial starts after it. Its checkpoint has it.
-            for row in checkpoint_history(result[CHECKPOINT_PATH_KEY]):
+            for row in checkpoint_history(result[CHECKPOINT_PATH_KEY], self.storage_filesystem):
                 if int(row.get("epoch", 0)) in missing:
                     self._log_epoch(run_id, int(row["epoch"]), row)
         self._log_epoch(run_id, epoch, result)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import runtime, train_state
 from pipeline.config import Params
-from pipeline.storage import ray_storage
+from pipeline.storage import ray_storage, read_text, remove_tree, write_text
 from spd.config import ConfigError, params_to_dict
 from spd.errors import SpdError
 
@@ -133,10 +132,9 @@ def run_search(
     storage = runtime.resolve_path(root, tc.storage_path)
     exp_dir = f"{storage}/{tc.name}"
     fingerprint = search_fingerprint(params, data_dir)
-    local = "://" not in storage
-    if local and fresh and Path(exp_dir).exists():
-        shutil.rmtree(exp_dir)
-        shutil.rmtree(f"{storage}/{tc.name}-trials", ignore_errors=True)
+    if fresh:  # a directory or an s3:// prefix
+        remove_tree(exp_dir)
+        remove_tree(f"{storage}/{tc.name}-trials")
 
     uri = runtime.tracking_uri(params.mlflow, root)
     runtime.check_tracking_reachable(uri)
@@ -144,8 +142,8 @@ def run_search(
 
     exp_path, storage_fs = ray_storage(exp_dir)  # s3://bucket/p/name -> (bucket/p/name, pyarrow S3)
     resuming = tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
-    if resuming and local:
-        _check_same_search(Path(exp_dir), fingerprint, tc.name)
+    if resuming:
+        _check_same_search(exp_dir, fingerprint, tc.name)
     experiment_id, parent_run_id = search.open_parent_run(
         uri, params.mlflow.experiment, tc.name, exp_dir, params, fresh=not resuming
     )
@@ -168,12 +166,17 @@ def run_search(
         # (it needs the dashboard's state API, which runtime.init_ray starts).
         callbacks = [
             search.MlflowTrialCallback(
-                uri, experiment_id, parent_run_id, tc.name, params.loss.lambda_seg, tc.epochs
+                uri,
+                experiment_id,
+                parent_run_id,
+                tc.name,
+                params.loss.lambda_seg,
+                tc.epochs,
+                storage_filesystem=storage_fs,
             ),
         ]
         tuner = _new_tuner(params, trainable, storage, callbacks, early_stopping)
-        if local:
-            _write_search_state(Path(exp_dir), fingerprint, tc.name)
+        _write_search_state(exp_dir, fingerprint, tc.name)
 
     try:
         tuner.fit()
@@ -266,17 +269,14 @@ def _write_outputs(params: Params, root: Path, exp_dir: str, uri: str, parent_ru
     return SearchOutcome(outcomes, best, False, best_path)
 
 
-def _write_search_state(exp_dir: Path, fingerprint: str, name: str) -> None:
-    from spd.io import atomic_write_json
-
-    atomic_write_json(exp_dir / SEARCH_STATE, {"name": name, "fingerprint": fingerprint})
+def _write_search_state(exp_dir: str, fingerprint: str, name: str) -> None:
+    write_text(f"{exp_dir}/{SEARCH_STATE}", json.dumps({"name": name, "fingerprint": fingerprint}) + "\n")
 
 
-def _check_same_search(exp_dir: Path, fingerprint: str, name: str) -> None:
+def _check_same_search(exp_dir: str, fingerprint: str, name: str) -> None:
     """Continuing is only right for the same search; other params would mix incomparable trials."""
-    state = exp_dir / SEARCH_STATE
     try:
-        recorded = json.loads(state.read_text()).get("fingerprint")
+        recorded = json.loads(read_text(f"{exp_dir}/{SEARCH_STATE}") or "{}").get("fingerprint")
     except (OSError, ValueError):
         recorded = None
     if recorded != fingerprint:
