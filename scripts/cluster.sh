@@ -33,6 +33,7 @@
 #   SPD_CLUSTER_DIR           state directory (PIDs, logs, address); default /tmp/spd-cluster-<uid>
 #   SPD_CLUSTER_HEAD_CPUS     CPUs of the head node (default 1)
 #   SPD_CLUSTER_WORKER_CPUS   CPUs of the worker node (default 1)
+#   SPD_CLUSTER_START_TIMEOUT seconds a node (or the object server) may take to start (default 300)
 #   SPD_CLUSTER_NODE_TIMEOUT  seconds without heartbeat before the head declares a node dead
 #                             (default 10; Ray's default is about 30)
 set -euo pipefail
@@ -41,7 +42,7 @@ STATE_DIR="${SPD_CLUSTER_DIR:-/tmp/spd-cluster-$(id -u)}"
 HEAD_CPUS="${SPD_CLUSTER_HEAD_CPUS:-1}"
 WORKER_CPUS="${SPD_CLUSTER_WORKER_CPUS:-1}"
 NODE_TIMEOUT="${SPD_CLUSTER_NODE_TIMEOUT:-10}"
-START_TIMEOUT=180 # seconds for a node to come up (a loaded 2-core machine is slow)
+START_TIMEOUT="${SPD_CLUSTER_START_TIMEOUT:-300}" # seconds for a node to come up (a loaded 2-core machine is slow)
 
 die() {
     echo "cluster.sh: $*" >&2

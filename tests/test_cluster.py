@@ -1,10 +1,12 @@
 """Cluster mode, for real on one machine: a two-node Ray cluster on loopback (scripts/cluster.sh), a
-real `mlflow server` and a local-directory DVC remote standing in for object storage.
+real `mlflow server`, and storage every node reaches, twice: `[shared]` a directory (checkpoints and
+the DVC remote), `[s3]` object storage only — a real S3-API server on loopback holding checkpoints,
+the DVC remote and the tracking server's artifacts (tests.fixtures.run_storage.py).
 
 Every command these tests run is a line of the README section "Running on a cluster", run through
 bash exactly as written; the tests only supply the variables the README leaves to the user
-($SHARED, $DVC_REMOTE, $REPO_URL, RAY_ADDRESS, MLFLOW_TRACKING_URI) and a tiny params.yaml in the
-project directory. `pytest -k cluster` selects them all.
+($SHARED, $DVC_REMOTE, $REPO_URL, RAY_ADDRESS, MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL and the
+credentials) and a tiny params.yaml in the project directory. `pytest -m cluster` selects them all.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import yaml
 
 from pipeline.config import apply_overrides, read_params_file
 from tests.fixtures.cluster import ROOT, RayCluster, run_logged
+from tests.fixtures.run_storage import MLFLOW_ARTIFACTS_BUCKET, RunStorage
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 # The README's commands, verbatim (test_cluster_readme_shows_the_commands_the_tests_run checks it).
 UP = "scripts/cluster.sh up"
+S3_UP = "scripts/cluster.sh s3-up"
 KILL_WORKER = "scripts/cluster.sh kill-worker"
 TRAIN = (
     "spd train --set train.ray_workers=2 --set train.cpus_per_worker=1 "
     "--set train.placement_strategy=STRICT_SPREAD --set train.storage_path=$SHARED/ray_results"
 )
+TUNE = "spd tune --set tune.storage_path=$SHARED/tuning"
 EVALUATE = "spd evaluate"
 REGISTER = "spd register"
 LOAD_AND_PREDICT = (
@@ -43,6 +48,7 @@ LOAD_AND_PREDICT = (
     "print(model.predict(np.zeros((120, 90, 3), np.uint8)).shape)' spd-human-parsing"
 )
 DVC_REMOTE_ADD = "dvc remote add -d storage $DVC_REMOTE"
+DVC_REMOTE_ENDPOINT = "dvc remote modify storage endpointurl $AWS_ENDPOINT_URL"
 DVC_COMMIT_CONFIG = 'git add .dvc/config && git commit -m "DVC remote"'
 DVC_REPRO = "dvc repro"
 DVC_COMMIT_RUN = 'git add dvc.lock reports && git commit -m "Pipeline run"'
@@ -51,12 +57,15 @@ DVC_CLONE_PULL = "git clone $REPO_URL spd-clone && cd spd-clone && dvc pull dvc.
 DVC_STATUS = "dvc status dvc.yaml"
 README_COMMANDS = [
     UP,
+    S3_UP,
     KILL_WORKER,
     TRAIN,
+    TUNE,
     EVALUATE,
     REGISTER,
     LOAD_AND_PREDICT,
     DVC_REMOTE_ADD,
+    DVC_REMOTE_ENDPOINT,
     DVC_COMMIT_CONFIG,
     DVC_REPRO,
     DVC_COMMIT_RUN,
@@ -102,8 +111,13 @@ def make_project(tmp: Path, prepared: Path, overrides: list[str]) -> Path:
     return project
 
 
-def cluster_env(cluster: RayCluster, tracking_uri: str, shared: Path) -> dict[str, str]:
-    return {**cluster.env, "MLFLOW_TRACKING_URI": tracking_uri, "SHARED": str(shared)}
+def cluster_env(cluster: RayCluster, storage: RunStorage) -> dict[str, str]:
+    return {**cluster.env, **storage.env}
+
+
+def without_s3_access(env: dict[str, str]) -> dict[str, str]:
+    """A process that knows no object store: no endpoint, no credentials."""
+    return {k: v for k, v in env.items() if not k.startswith(("AWS_", "MLFLOW_S3_"))}
 
 
 def started_worker_pids(output: str) -> list[int]:
@@ -111,24 +125,13 @@ def started_worker_pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"\[spd train\] worker \d+/\d+ started: pid (\d+)", output)]
 
 
-def latest_checkpoint_epoch(shared: Path, run_name: str = "node-loss") -> int | None:
-    """The epoch of the run's latest checkpoint as Ray Train committed it (what a resume starts from).
-
-    A checkpoint directory exists as soon as the workers upload it, but it only counts once the
-    controller has registered it in the run's checkpoint_manager_snapshot.json.
-    """
-    for snapshot in shared.glob(f"ray_results/{run_name}-*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-        except (OSError, json.JSONDecodeError):  # being rewritten
-            return None
-        if latest:
-            return int(latest["checkpoint_dir_name"].split("_")[1])
-    return None
-
-
 def train_through_node_loss(
-    project: Path, env: dict[str, str], log: Path, shared: Path, run_name: str, during_run: Callable[[], None]
+    project: Path,
+    env: dict[str, str],
+    log: Path,
+    storage: RunStorage,
+    run_name: str,
+    during_run: Callable[[], None],
 ) -> tuple[int, str, int | None]:
     """Start `spd train` in the background, call `during_run` once its first checkpoint is registered
     (kill the worker node, ...), wait for the training to end -> (exit code, output, the latest
@@ -144,12 +147,12 @@ def train_through_node_loss(
         )
         try:
             deadline = time.monotonic() + 400
-            while latest_checkpoint_epoch(shared, run_name) is None:
+            while storage.latest_checkpoint_epoch(run_name) is None:
                 assert train.poll() is None, "training ended before its first checkpoint"
                 assert time.monotonic() < deadline, "no checkpoint within 400 s"
                 time.sleep(0.2)
             during_run()
-            done = latest_checkpoint_epoch(shared, run_name)
+            done = storage.latest_checkpoint_epoch(run_name)
             rc = train.wait(timeout=400)
         finally:
             if train.poll() is None:
@@ -165,13 +168,12 @@ def test_cluster_readme_shows_the_commands_the_tests_run() -> None:
 
 
 def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow_server(
-    ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
+    ray_cluster: RayCluster, run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
 ) -> None:
     from mlflow.tracking import MlflowClient
 
     project = make_project(tmp_path, prepared_tiny, ["mlflow.experiment=spd-cluster"])
-    shared = tmp_path / "shared"  # both nodes see it: the same machine's file system
-    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+    env = cluster_env(ray_cluster, run_storage)
     log = tmp_path / "commands.log"
 
     train = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
@@ -186,12 +188,15 @@ def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow
         f"workers {pids} not one per node (head node ran {on_head}, worker node ran {on_worker})"
     )
 
-    # Checkpoints went to the shared storage path; metrics and params to the tracking server.
+    # Checkpoints went to the storage path ($SHARED: a directory or a bucket); metrics and params to
+    # the tracking server.
     report = json.loads((project / "reports" / "train.json").read_text())
-    run_dir = shared / "ray_results" / report["run_name"]
-    assert (run_dir / "epoch_0002").is_dir(), sorted(p.name for p in run_dir.iterdir())
+    assert report["storage_path"] == f"{run_storage.root}/ray_results"
+    checkpoint = run_storage.files(f"ray_results/{report['run_name']}/epoch_0002/")
+    assert f"ray_results/{report['run_name']}/epoch_0002/state.pt" in checkpoint, checkpoint
     assert not (project / "mlflow.db").exists(), "the run logged to a local sqlite file, not the server"
-    client = MlflowClient(tracking_uri=cluster_mlflow_server)
+    assert not (project / "ray_results").exists()
+    client = MlflowClient(tracking_uri=run_storage.tracking_uri)
     run = client.get_run(report["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.placement_strategy"] == "STRICT_SPREAD"
@@ -201,14 +206,18 @@ def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow
     run_logged(REGISTER, cwd=project, env=env, log=log, timeout=300)
     registry = json.loads((project / "reports" / "registry.json").read_text())
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == str(registry["version"])
+    if run_storage.server is not None:  # the server stored the model's files in the bucket
+        stored = run_storage.server.keys(f"s3://{MLFLOW_ARTIFACTS_BUCKET}")
+        assert any(k.endswith("/MLmodel") for k in stored), stored[:20]
 
-    # A consumer in a fresh process, knowing only the server and the model's name.
-    consumer = run_logged(LOAD_AND_PREDICT, cwd=tmp_path, env=env, log=log, timeout=300)
+    # A consumer in a fresh process, knowing only the server and the model's name: no S3 endpoint or
+    # credentials (the server proxies the artifacts).
+    consumer = run_logged(LOAD_AND_PREDICT, cwd=tmp_path, env=without_s3_access(env), log=log, timeout=300)
     assert consumer.stdout.strip().splitlines()[-1] == "(120, 90)", consumer.stdout
 
 
 def test_cluster_dvc_remote_restores_data_and_model_in_a_fresh_clone(
-    ray_cluster: RayCluster, cluster_mlflow_server: str, tmp_path: Path
+    ray_cluster: RayCluster, run_storage: RunStorage, tmp_path: Path
 ) -> None:
     # A git repository holding the project as it is (tracked and new files), with the tiny profile.
     repo = tmp_path / "repo"
@@ -224,29 +233,31 @@ def test_cluster_dvc_remote_restores_data_and_model_in_a_fresh_clone(
         if src.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
-    write_params(repo, ["mlflow.experiment=spd-cluster-dvc", "register.model_name=spd-cluster-dvc"])
+    overrides = ["mlflow.experiment=spd-cluster-dvc", "register.model_name=spd-cluster-dvc"]
+    if run_storage.server is not None:  # no shared disk at all: checkpoints go to the bucket too
+        overrides.append(f"train.storage_path={run_storage.root}/ray_results")
+    write_params(repo, overrides)
     git_env = {
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@localhost",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@localhost",
     }
-    remote = tmp_path / "dvc-remote"  # a directory standing in for s3://bucket/prefix
-    env = {
-        **cluster_env(ray_cluster, cluster_mlflow_server, tmp_path / "shared"),
-        **git_env,
-        "DVC_REMOTE": str(remote),
-        "REPO_URL": str(repo),
-    }
+    # $DVC_REMOTE: a directory standing in for s3://bucket/prefix, or a prefix of the test's bucket
+    remote = f"{run_storage.root}/dvc"
+    env = {**cluster_env(ray_cluster, run_storage), **git_env, "DVC_REMOTE": remote, "REPO_URL": str(repo)}
     log = tmp_path / "commands.log"
     run_logged("git init -q && git add -A && git commit -qm project", cwd=repo, env=env, log=log, timeout=60)
 
     run_logged(DVC_REMOTE_ADD, cwd=repo, env=env, log=log, timeout=60)
+    if run_storage.server is not None:
+        run_logged(DVC_REMOTE_ENDPOINT, cwd=repo, env=env, log=log, timeout=60)
     run_logged(DVC_COMMIT_CONFIG, cwd=repo, env=env, log=log, timeout=60)
     run_logged(DVC_REPRO, cwd=repo, env=env, log=log, timeout=900)
     run_logged(DVC_COMMIT_RUN, cwd=repo, env=env, log=log, timeout=60)
     run_logged(DVC_PUSH, cwd=repo, env=env, log=log, timeout=300)
-    assert any(p.is_file() for p in remote.rglob("*")), "dvc push put nothing in the remote"
+    assert run_storage.files("dvc/"), "dvc push put nothing in the remote"
+    assert "AWS_SECRET" not in (repo / ".dvc" / "config").read_text()  # credentials stay in the env
 
     run_logged(DVC_CLONE_PULL, cwd=tmp_path, env=env, log=log, timeout=300)
     clone = tmp_path / "spd-clone"
@@ -278,15 +289,15 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
             "mlflow.experiment=spd-cluster",
         ],
     )
-    shared = tmp_path / "shared"
-    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+    storage = RunStorage("shared", str(tmp_path / "shared"), cluster_mlflow_server)
+    env = cluster_env(ray_cluster, storage)
     log = tmp_path / "commands.log"
 
     rc, first_output, _ = train_through_node_loss(
         project,
         env,
         tmp_path / "first_attempt.log",
-        shared,
+        storage,
         "node-loss",
         lambda: ray_cluster.script(KILL_WORKER.split(" ", 1)[1]),
     )
@@ -295,8 +306,8 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     message = [ln for ln in first_output.splitlines() if ln.startswith("spd train: error:")]
     assert message and "re-running resumes from the latest" in message[-1], first_output[-3000:]
     assert "Traceback" not in first_output.split("spd train: error:")[-1]
-    run_dir = next(shared.glob("ray_results/node-loss-*"))
-    done = latest_checkpoint_epoch(shared)
+    run_dir = next(Path(storage.root).glob("ray_results/node-loss-*"))
+    done = storage.latest_checkpoint_epoch("node-loss")
     assert done is not None and done < 4, "the node was killed after training had finished"
 
     ray_cluster.script(UP.split(" ", 1)[1])  # the worker node is back
@@ -310,9 +321,10 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
 
 
 def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
-    ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
+    ray_cluster: RayCluster, run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
 ) -> None:
-    # max_failures=1 (the default): the run waits for room for its worker group, then continues.
+    # max_failures=1 (the default): the run waits for room for its worker group, then continues from
+    # the latest checkpoint in the storage ($SHARED: a directory or a bucket) on the returned node.
     run_name = "node-back"
     project = make_project(
         tmp_path,
@@ -324,15 +336,14 @@ def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
             "mlflow.experiment=spd-cluster",
         ],
     )
-    shared = tmp_path / "shared"
-    env = cluster_env(ray_cluster, cluster_mlflow_server, shared)
+    env = cluster_env(ray_cluster, run_storage)
 
     def lose_a_node_and_bring_it_back() -> None:
         ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
         ray_cluster.script(UP.split(" ", 1)[1])  # the lost machine is back
 
     rc, output, done = train_through_node_loss(
-        project, env, tmp_path / "train.log", shared, run_name, lose_a_node_and_bring_it_back
+        project, env, tmp_path / "train.log", run_storage, run_name, lose_a_node_and_bring_it_back
     )
 
     assert rc == 0, f"training did not continue on the returned node:\n{output[-3000:]}"
@@ -342,6 +353,7 @@ def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
     assert done is not None and after and after[0] == done + 1 and after[-1] == 4, (
         f"continued at {after}, last checkpoint {done}"
     )
+    assert run_storage.latest_checkpoint_epoch(run_name) == 4
 
 
 if __name__ == "__main__":
