@@ -124,10 +124,22 @@ start_node() {
     echo $! >"$STATE_DIR/$node.pid"
     deadline=$((SECONDS + START_TIMEOUT))
     until grep -q "Ray runtime started" "$STATE_DIR/$node.log"; do
-        node_running "$node" || die "the $node node exited; see $STATE_DIR/$node.log"
+        if ! node_running "$node"; then
+            echo "cluster.sh: the $node node exited; see $STATE_DIR/$node.log" >&2
+            return 1
+        fi
         ((SECONDS < deadline)) || die "the $node node did not start in ${START_TIMEOUT}s; see $STATE_DIR/$node.log"
         sleep 0.5
     done
+}
+
+# start_node, and once more if the node exited while starting: on a loaded machine Ray gives up on
+# its own after 30 s when the raylet registers late ("timed out during startup"), fixed in Ray.
+start_node_retrying() {
+    start_node "$@" && return 0
+    stop_nodes "$1"
+    echo "cluster.sh: starting the $1 node once more" >&2
+    start_node "$@" || die "the $1 node exited twice while starting; see $STATE_DIR/$1.log"
 }
 
 # SIGTERM to the nodes' `ray start --block` processes (each stops its node's processes), up to 15 s
@@ -167,7 +179,7 @@ cmd_up() {
         echo "LOCALHOST:$port" >"$STATE_DIR/address"
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_health_check_period_ms=1000 \
             RAY_health_check_timeout_ms=1000 RAY_health_check_failure_threshold="$NODE_TIMEOUT" \
-            start_node head --head --node-ip-address 127.0.0.1 --port "$port" \
+            start_node_retrying head --head --node-ip-address 127.0.0.1 --port "$port" \
             --ray-client-server-port "$client_port" --dashboard-host 127.0.0.1 \
             --dashboard-port "$dashboard_port" --num-cpus "$HEAD_CPUS" --resources '{"spd_head": 1}'
     fi
@@ -175,7 +187,7 @@ cmd_up() {
         stop_nodes worker
         # explicit: a caller that runs a loopback-only local Ray (the test session) exports =0,
         # which would make `ray start` refuse to join a multi-node cluster
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 start_node worker --address "$(cat "$STATE_DIR/address")" \
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 start_node_retrying worker --address "$(cat "$STATE_DIR/address")" \
             --num-cpus "$WORKER_CPUS" --resources '{"spd_worker": 1}'
     fi
     echo "export RAY_ADDRESS=$(cat "$STATE_DIR/address")"
