@@ -18,17 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cluster import RayCluster, run_logged
-from tests.fixtures.object_store import ObjectServer
 from tests.fixtures.run_storage import RunStorage
 from tests.test_cluster import TRAIN, TUNE, cluster_env, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 OUTAGE_S = 6  # how long the object server stays stopped ("a few seconds")
-
-
-def s3_storage(bucket: str, tracking_uri: str, server: ObjectServer) -> RunStorage:
-    return RunStorage("s3", f"{bucket}/spd", tracking_uri, server)
 
 
 def epochs_trained(output: str, total: int) -> list[int]:
@@ -48,14 +43,9 @@ def run_dir(storage: RunStorage, run_name: str) -> str:
 
 
 def test_cluster_object_store_outage_mid_checkpoint_never_resumes_from_a_half_written_one(
-    ray_cluster: RayCluster,
-    s3_server: ObjectServer,
-    s3_bucket: str,
-    cluster_mlflow_server_s3: str,
-    prepared_tiny: Path,
-    tmp_path: Path,
+    ray_cluster: RayCluster, s3_run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
 ) -> None:
-    storage = s3_storage(s3_bucket, cluster_mlflow_server_s3, s3_server)
+    storage, s3_server = s3_run_storage, s3_run_storage.server
     run_name = "outage"
     project = make_project(
         tmp_path,
@@ -64,7 +54,7 @@ def test_cluster_object_store_outage_mid_checkpoint_never_resumes_from_a_half_wr
     )
     env = cluster_env(ray_cluster, storage)
     server_log = s3_server.state_dir / "s3.log"
-    bucket = s3_bucket.removeprefix("s3://")
+    bucket = storage.root.removeprefix("s3://").split("/")[0]
     upload = re.compile(rf'"(PUT|POST) /{re.escape(bucket)}/spd/ray_results/{run_name}-\w+/epoch_0002/')
 
     # Stop the server (SIGSTOP: it holds its objects, answers nothing) as soon as it has served the
@@ -116,16 +106,11 @@ def test_cluster_object_store_outage_mid_checkpoint_never_resumes_from_a_half_wr
 
 
 def test_cluster_tune_state_in_the_bucket_resumes_an_interrupted_search(
-    ray_cluster: RayCluster,
-    s3_server: ObjectServer,
-    s3_bucket: str,
-    cluster_mlflow_server_s3: str,
-    prepared_tiny: Path,
-    tmp_path: Path,
+    ray_cluster: RayCluster, s3_run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    storage = s3_storage(s3_bucket, cluster_mlflow_server_s3, s3_server)
+    storage = s3_run_storage
     experiment = "spd-s3-tune"
     project = make_project(
         tmp_path,
