@@ -1,7 +1,9 @@
 """Cluster mode, for real on one machine: a two-node Ray cluster on loopback (scripts/cluster.sh), a
-real `mlflow server`, and storage every node reaches, twice: `[shared]` a directory (checkpoints and
-the DVC remote), `[s3]` object storage only — a real S3-API server on loopback holding checkpoints,
-the DVC remote and the tracking server's artifacts (tests.fixtures.run_storage.py).
+real `mlflow server`, and storage every node reaches: a shared directory (checkpoints, the tracking
+server's artifacts on its disk), or object storage only — a real S3-API server on loopback holding
+checkpoints, the DVC remote and the tracking server's artifacts (tests.fixtures.run_storage.py).
+Each storage gets a full round (train over both nodes, lose a node, resume, register, serve); the
+DVC remote is tested in the bucket, and tests/test_cluster_s3.py holds what only a bucket has.
 
 Every command these tests run is a line of the README section "Running on a cluster", run through
 bash exactly as written; the tests only supply the variables the README leaves to the user
@@ -167,115 +169,62 @@ def test_cluster_readme_shows_the_commands_the_tests_run() -> None:
     assert not missing, f"README 'Running on a cluster' lacks the tested commands: {missing}"
 
 
-def test_cluster_train_spreads_workers_over_both_nodes_and_serves_through_mlflow_server(
-    ray_cluster: RayCluster, run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
-) -> None:
-    from mlflow.tracking import MlflowClient
-
-    project = make_project(tmp_path, prepared_tiny, ["mlflow.experiment=spd-cluster"])
-    env = cluster_env(ray_cluster, run_storage)
-    log = tmp_path / "commands.log"
-
-    train = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
-    out = train.stdout + train.stderr
-
-    # Placement, as Ray itself recorded it: each node's raylet started one of the two train workers.
-    pids = started_worker_pids(out)
-    assert len(pids) == 2, f"expected one worker group of 2 in the output:\n{out[-3000:]}"
-    assert "TrainingReport(" not in out  # one progress line per epoch, not Ray's report objects
-    on_head, on_worker = ray_cluster.train_worker_pids("head"), ray_cluster.train_worker_pids("worker")
+def assert_one_worker_per_node(cluster: RayCluster, output: str) -> None:
+    """Placement as Ray itself recorded it: of the latest worker group's two workers, the head node's
+    raylet started one and the (current) worker node's raylet the other."""
+    pids = started_worker_pids(output)[-2:]
+    assert len(pids) == 2, f"expected a worker group of 2 in the output:\n{output[-3000:]}"
+    on_head, on_worker = cluster.train_worker_pids("head"), cluster.train_worker_pids("worker")
     assert len(set(pids) & on_head) == 1 and len(set(pids) & on_worker) == 1, (
         f"workers {pids} not one per node (head node ran {on_head}, worker node ran {on_worker})"
     )
 
-    # Checkpoints went to the storage path ($SHARED: a directory or a bucket); metrics and params to
-    # the tracking server.
+
+def assert_trained_to_the_end(project: Path, storage: RunStorage, epochs: int) -> None:
+    """The run's report, its last checkpoint in the storage ($SHARED: a directory or a bucket), and
+    its MLflow run on the tracking server (nothing in a local sqlite file or results directory)."""
+    from mlflow.tracking import MlflowClient
+
     report = json.loads((project / "reports" / "train.json").read_text())
-    assert report["storage_path"] == f"{run_storage.root}/ray_results"
-    checkpoint = run_storage.files(f"ray_results/{report['run_name']}/epoch_0002/")
-    assert f"ray_results/{report['run_name']}/epoch_0002/state.pt" in checkpoint, checkpoint
+    assert report["epochs"] == epochs and report["storage_path"] == f"{storage.root}/ray_results"
+    assert storage.latest_checkpoint_epoch(report["run_name"].rsplit("-", 1)[0]) == epochs
+    last = storage.files(f"ray_results/{report['run_name']}/epoch_{epochs:04d}/")
+    assert f"ray_results/{report['run_name']}/epoch_{epochs:04d}/state.pt" in last, last
     assert not (project / "mlflow.db").exists(), "the run logged to a local sqlite file, not the server"
     assert not (project / "ray_results").exists()
-    client = MlflowClient(tracking_uri=run_storage.tracking_uri)
+    client = MlflowClient(tracking_uri=storage.tracking_uri)
     run = client.get_run(report["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.placement_strategy"] == "STRICT_SPREAD"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "val_miou")) == epochs
+
+
+def register_and_load_by_alias(project: Path, env: dict[str, str], storage: RunStorage, log: Path) -> None:
+    """`spd evaluate` and `spd register` through the tracking server; then a consumer in a fresh
+    process, knowing only the server and the model's name — no S3 endpoint or credentials (the
+    server proxies the artifacts) — loads the champion and predicts."""
+    from mlflow.tracking import MlflowClient
 
     run_logged(EVALUATE, cwd=project, env=env, log=log, timeout=300)
     run_logged(REGISTER, cwd=project, env=env, log=log, timeout=300)
     registry = json.loads((project / "reports" / "registry.json").read_text())
+    client = MlflowClient(tracking_uri=storage.tracking_uri)
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == str(registry["version"])
-    if run_storage.server is not None:  # the server stored the model's files in the bucket
-        stored = run_storage.server.keys(f"s3://{MLFLOW_ARTIFACTS_BUCKET}")
+    if storage.server is not None:  # the server stored the model's files in the bucket
+        stored = storage.server.keys(f"s3://{MLFLOW_ARTIFACTS_BUCKET}")
         assert any(k.endswith("/MLmodel") for k in stored), stored[:20]
-
-    # A consumer in a fresh process, knowing only the server and the model's name: no S3 endpoint or
-    # credentials (the server proxies the artifacts).
-    consumer = run_logged(LOAD_AND_PREDICT, cwd=tmp_path, env=without_s3_access(env), log=log, timeout=300)
+    consumer = run_logged(
+        LOAD_AND_PREDICT, cwd=project.parent, env=without_s3_access(env), log=log, timeout=300
+    )
     assert consumer.stdout.strip().splitlines()[-1] == "(120, 90)", consumer.stdout
 
 
-def test_cluster_dvc_remote_restores_data_and_model_in_a_fresh_clone(
-    ray_cluster: RayCluster, run_storage: RunStorage, tmp_path: Path
-) -> None:
-    # A git repository holding the project as it is (tracked and new files), with the tiny profile.
-    repo = tmp_path / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
-    overrides = ["mlflow.experiment=spd-cluster-dvc", "register.model_name=spd-cluster-dvc"]
-    if run_storage.server is not None:  # no shared disk at all: checkpoints go to the bucket too
-        overrides.append(f"train.storage_path={run_storage.root}/ray_results")
-    write_params(repo, overrides)
-    git_env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@localhost",
-    }
-    # $DVC_REMOTE: a directory standing in for s3://bucket/prefix, or a prefix of the test's bucket
-    remote = f"{run_storage.root}/dvc"
-    env = {**cluster_env(ray_cluster, run_storage), **git_env, "DVC_REMOTE": remote, "REPO_URL": str(repo)}
-    log = tmp_path / "commands.log"
-    run_logged("git init -q && git add -A && git commit -qm project", cwd=repo, env=env, log=log, timeout=60)
-
-    run_logged(DVC_REMOTE_ADD, cwd=repo, env=env, log=log, timeout=60)
-    if run_storage.server is not None:
-        run_logged(DVC_REMOTE_ENDPOINT, cwd=repo, env=env, log=log, timeout=60)
-    run_logged(DVC_COMMIT_CONFIG, cwd=repo, env=env, log=log, timeout=60)
-    run_logged(DVC_REPRO, cwd=repo, env=env, log=log, timeout=900)
-    run_logged(DVC_COMMIT_RUN, cwd=repo, env=env, log=log, timeout=60)
-    run_logged(DVC_PUSH, cwd=repo, env=env, log=log, timeout=300)
-    assert run_storage.files("dvc/"), "dvc push put nothing in the remote"
-    assert "AWS_SECRET" not in (repo / ".dvc" / "config").read_text()  # credentials stay in the env
-
-    run_logged(DVC_CLONE_PULL, cwd=tmp_path, env=env, log=log, timeout=300)
-    clone = tmp_path / "spd-clone"
-    for out in ("data/prepared/main/train/images.npy", "data/raw/synth_lip", "models/spd.pt"):
-        assert (clone / out).exists(), f"dvc pull did not restore {out}"
-    assert (clone / "models/spd.pt").read_bytes() == (repo / "models/spd.pt").read_bytes()
-
-    # loss_weights is always_changed by design (a second: it reads the tuning file, which may not
-    # exist); every other stage is up to date, and re-running it leaves them so.
-    status = run_logged(DVC_STATUS, cwd=clone, env=env, log=log, timeout=120)
-    assert status.stdout.strip() == "loss_weights:\n\talways changed", status.stdout
-    repro = run_logged(DVC_REPRO, cwd=clone, env=env, log=log, timeout=300)
-    recomputed = set(re.findall(r"Running stage '([^']+)'", repro.stdout)) - {"loss_weights"}
-    assert not recomputed, f"dvc repro recomputed {recomputed} after a pull:\n{repro.stdout}"
-    assert not (clone / "ray_results").exists() and not (clone / "mlflow.db").exists()
+# One story per storage, each a full cluster round (train over both nodes, lose a node, resume from
+# the storage, register, serve), so that the two storages are covered without running every story
+# twice: the cluster part of the test command has a budget of a few minutes on 2 cores.
 
 
-def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
+def test_cluster_shared_dir_node_loss_fails_clearly_the_same_command_resumes_and_the_model_serves(
     ray_cluster: RayCluster, cluster_mlflow_server: str, prepared_tiny: Path, tmp_path: Path
 ) -> None:
     # max_failures=0: with no spare node a lost node is an error, not an endless wait for capacity.
@@ -306,26 +255,32 @@ def test_cluster_node_loss_fails_clearly_and_the_same_command_resumes(
     message = [ln for ln in first_output.splitlines() if ln.startswith("spd train: error:")]
     assert message and "re-running resumes from the latest" in message[-1], first_output[-3000:]
     assert "Traceback" not in first_output.split("spd train: error:")[-1]
+    assert "TrainingReport(" not in first_output  # one progress line per epoch, not Ray's reports
     run_dir = next(Path(storage.root).glob("ray_results/node-loss-*"))
     done = storage.latest_checkpoint_epoch("node-loss")
     assert done is not None and done < 4, "the node was killed after training had finished"
 
     ray_cluster.script(UP.split(" ", 1)[1])  # the worker node is back
     second = run_logged(TRAIN, cwd=project, env=env, log=log, timeout=600)
-    epochs = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/4", second.stdout + second.stderr)]
+    output = second.stdout + second.stderr
+    epochs = [int(e) for e in re.findall(r"\[spd train\] epoch (\d+)/4", output)]
     assert epochs and epochs[0] == done + 1 and epochs[-1] == 4, (
         f"resumed at {epochs}, last checkpoint {done}"
     )
+    assert_one_worker_per_node(ray_cluster, output)
+    assert_trained_to_the_end(project, storage, 4)
     report = json.loads((project / "reports" / "train.json").read_text())
-    assert report["epochs"] == 4 and Path(report["storage_path"]) / report["run_name"] == run_dir
+    assert Path(report["storage_path"]) / report["run_name"] == run_dir
+
+    register_and_load_by_alias(project, env, storage, log)
 
 
-def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
-    ray_cluster: RayCluster, run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
+def test_cluster_object_store_node_loss_with_retries_continues_from_the_bucket_and_the_model_serves(
+    ray_cluster: RayCluster, s3_run_storage: RunStorage, prepared_tiny: Path, tmp_path: Path
 ) -> None:
     # max_failures=1 (the default): the run waits for room for its worker group, then continues from
-    # the latest checkpoint in the storage ($SHARED: a directory or a bucket) on the returned node.
-    run_name = "node-back"
+    # the latest checkpoint in the bucket on the returned node.
+    storage, run_name = s3_run_storage, "node-back"
     project = make_project(
         tmp_path,
         prepared_tiny,
@@ -336,14 +291,14 @@ def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
             "mlflow.experiment=spd-cluster",
         ],
     )
-    env = cluster_env(ray_cluster, run_storage)
+    env = cluster_env(ray_cluster, storage)
 
     def lose_a_node_and_bring_it_back() -> None:
         ray_cluster.script(KILL_WORKER.split(" ", 1)[1])
         ray_cluster.script(UP.split(" ", 1)[1])  # the lost machine is back
 
     rc, output, done = train_through_node_loss(
-        project, env, tmp_path / "train.log", run_storage, run_name, lose_a_node_and_bring_it_back
+        project, env, tmp_path / "train.log", storage, run_name, lose_a_node_and_bring_it_back
     )
 
     assert rc == 0, f"training did not continue on the returned node:\n{output[-3000:]}"
@@ -353,7 +308,74 @@ def test_cluster_node_loss_with_retries_continues_when_a_node_is_back(
     assert done is not None and after and after[0] == done + 1 and after[-1] == 4, (
         f"continued at {after}, last checkpoint {done}"
     )
-    assert run_storage.latest_checkpoint_epoch(run_name) == 4
+    assert "TrainingReport(" not in output
+    assert_one_worker_per_node(ray_cluster, output)
+    assert_trained_to_the_end(project, storage, 4)
+
+    register_and_load_by_alias(project, env, storage, tmp_path / "commands.log")
+
+
+def test_cluster_dvc_remote_in_the_bucket_restores_data_and_model_in_a_fresh_clone(
+    ray_cluster: RayCluster, s3_run_storage: RunStorage, tmp_path: Path
+) -> None:
+    # A git repository holding the project as it is (tracked and new files), with the tiny profile.
+    storage = s3_run_storage
+    repo = tmp_path / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)
+    # No shared disk at all: checkpoints go to the bucket too.
+    write_params(
+        repo,
+        [
+            "mlflow.experiment=spd-cluster-dvc",
+            "register.model_name=spd-cluster-dvc",
+            f"train.storage_path={storage.root}/ray_results",
+        ],
+    )
+    git_env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+    }
+    remote = f"{storage.root}/dvc"  # $DVC_REMOTE: a prefix of the test's bucket
+    env = {**cluster_env(ray_cluster, storage), **git_env, "DVC_REMOTE": remote, "REPO_URL": str(repo)}
+    log = tmp_path / "commands.log"
+    run_logged("git init -q && git add -A && git commit -qm project", cwd=repo, env=env, log=log, timeout=60)
+
+    run_logged(DVC_REMOTE_ADD, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_REMOTE_ENDPOINT, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_COMMIT_CONFIG, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_REPRO, cwd=repo, env=env, log=log, timeout=900)
+    run_logged(DVC_COMMIT_RUN, cwd=repo, env=env, log=log, timeout=60)
+    run_logged(DVC_PUSH, cwd=repo, env=env, log=log, timeout=300)
+    assert storage.files("dvc/"), "dvc push put nothing in the remote"
+    assert "AWS_SECRET" not in (repo / ".dvc" / "config").read_text()  # credentials stay in the env
+
+    run_logged(DVC_CLONE_PULL, cwd=tmp_path, env=env, log=log, timeout=300)
+    clone = tmp_path / "spd-clone"
+    for out in ("data/prepared/main/train/images.npy", "data/raw/synth_lip", "models/spd.pt"):
+        assert (clone / out).exists(), f"dvc pull did not restore {out}"
+    assert (clone / "models/spd.pt").read_bytes() == (repo / "models/spd.pt").read_bytes()
+
+    # loss_weights is always_changed by design (a second: it reads the tuning file, which may not
+    # exist); every other stage is up to date, and re-running it leaves them so.
+    status = run_logged(DVC_STATUS, cwd=clone, env=env, log=log, timeout=120)
+    assert status.stdout.strip() == "loss_weights:\n\talways changed", status.stdout
+    repro = run_logged(DVC_REPRO, cwd=clone, env=env, log=log, timeout=300)
+    recomputed = set(re.findall(r"Running stage '([^']+)'", repro.stdout)) - {"loss_weights"}
+    assert not recomputed, f"dvc repro recomputed {recomputed} after a pull:\n{repro.stdout}"
+    assert not (clone / "ray_results").exists() and not (clone / "mlflow.db").exists()
 
 
 if __name__ == "__main__":
