@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from spd.config import AugmentConfig
-from spd.data.dataset import MEAN, STD, SPDDataset, affine_sample, denormalize
+from spd.data.dataset import MEAN, STD, SPDDataset, affine_sample, denormalize, hflip_sample
 from spd.data.packed import PackedSplit
 from spd.labels import IGNORE, LIP_CLASSES
 
@@ -89,6 +89,18 @@ def test_scale_and_rotation_move_joints_with_the_labels() -> None:
     _, p3, iuv3, _ = affine_sample(image, parsing, iuv, kps, 0.8, 10.0)
     assert (p3 == IGNORE).any() and (iuv3[..., 0] == IGNORE).any()  # new borders are ignore
     assert not (p2 == IGNORE).all()
+
+
+def test_one_warp_equals_mirror_then_scale_and_rotate(prepared_tiny: Path) -> None:
+    split = PackedSplit(prepared_tiny / "train")
+    arrays = (split.images[5], split.parsing[5], split.iuv[5], np.array(split.keypoints[5]))
+    image, parsing, iuv, kps = affine_sample(*hflip_sample(*arrays, "lip"), 1.15, 12.0)
+    item = SPDDataset(split).sample(5, flip=True, scale=1.15, angle_deg=12.0)
+    assert (item["parsing"].numpy() == parsing).mean() > 0.99  # nearest-neighbour rounding ties
+    assert (item["dp_index"].numpy() == iuv[..., 0]).mean() > 0.99
+    assert np.abs(denormalize(item["image"]).astype(int) - image).mean() < 1.0
+    assert torch.allclose(item["keypoints"], torch.from_numpy(kps), atol=1e-3)
+    assert not item["uv_valid"]
 
 
 def test_augmentation_is_reproducible_under_a_torch_seed(prepared_tiny: Path) -> None:
