@@ -105,11 +105,14 @@ def train_one_epoch(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    batch_transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean loss components, `loss`, `lr` and `images_per_s`.
 
     on_step(step, {'loss': ..., 'loss_seg': ...}) is called after every optimizer step (logging,
-    fault-injection hooks). A non-finite loss raises FloatingPointError instead of corrupting weights.
+    fault-injection hooks). batch_transform runs on each batch once it is on `device` (e.g.
+    `spd.data.device_augment.augment_batch` after a CompactDataset loader). A non-finite loss
+    raises FloatingPointError instead of corrupting weights.
     """
     device = torch.device(device)
     model.train()
@@ -118,6 +121,8 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, raw in enumerate(loader):
         batch = to_device(raw, device)
+        if batch_transform is not None:
+            batch = batch_transform(batch)
         outputs = _forward(model, batch["image"], device, autocast_dtype, channels_last)
         loss, components = criterion(outputs, batch)  # losses run in fp32 on upcast outputs
         if not torch.isfinite(loss):

@@ -91,6 +91,14 @@ def flip_lut(label_set: str = "lip") -> np.ndarray:
     return lut
 
 
+def densepose_flip_lut() -> np.ndarray:
+    """(256,) uint8 lookup table: DensePose part flip on I, identity elsewhere (255 stays no-label)."""
+    lut = np.arange(256, dtype=np.uint8)
+    perm = densepose_flip_map()
+    lut[: len(perm)] = perm
+    return lut
+
+
 # ---------------------------------------------------------------------------------------------
 # Cross-dataset evaluation: both label sets mapped onto shared coarse groups.
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from spd.config import AugmentConfig
 from spd.data.packed import PackedSplit
-from spd.labels import IGNORE, densepose_flip_map, flip_lut, joint_flip_map
+from spd.labels import IGNORE, densepose_flip_lut, flip_lut, joint_flip_map
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, RGB
 STD = (0.229, 0.224, 0.225)
@@ -55,13 +55,6 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def _dp_flip_lut() -> np.ndarray:
-    lut = np.arange(256, dtype=np.uint8)
-    perm = densepose_flip_map()
-    lut[: len(perm)] = perm
-    return lut
-
-
 def hflip_sample(
     image: np.ndarray, parsing: np.ndarray, iuv: np.ndarray, kps: np.ndarray, label_set: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -70,7 +63,7 @@ def hflip_sample(
     image = image[:, ::-1]
     parsing = flip_lut(label_set)[parsing[:, ::-1]]
     iuv = iuv[:, ::-1].copy()
-    iuv[..., 0] = _dp_flip_lut()[iuv[..., 0]]
+    iuv[..., 0] = densepose_flip_lut()[iuv[..., 0]]
     kps = kps[joint_flip_map()].copy()
     seen = kps[:, 2] > 0
     kps[seen, 0] = size - 1 - kps[seen, 0]
@@ -122,7 +115,7 @@ def _id_tables(label_set: str, flipped: bool) -> tuple[np.ndarray, np.ndarray]:
     if not flipped:
         identity = np.arange(256, dtype=np.int64)
         return identity, identity
-    return flip_lut(label_set).astype(np.int64), _dp_flip_lut().astype(np.int64)
+    return flip_lut(label_set).astype(np.int64), densepose_flip_lut().astype(np.int64)
 
 
 class SPDDataset(Dataset):
