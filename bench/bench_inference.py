@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_train_step import machine, peak_conv_flops, peak_matmul_flops  # noqa: E402
+from bench_train_step import machine, measured_peaks  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
 from spd.config import ModelConfig  # noqa: E402
@@ -59,14 +59,15 @@ SIZES = {"512x512": (512, 512), "1920x1080": (1080, 1920)}  # name -> (H, W)
 BASELINE_REV = "18331cd"  # main before the fast path (issue 15), already fp32 on CPUs without bf16
 
 
-def baseline_module(rev: str):  # noqa: ANN201 - a module object
-    """spd/predict.py as it was at `rev`, imported under another name."""
+def baseline_module(rev: str, source_path: str = "spd/predict.py"):  # noqa: ANN201 - a module object
+    """`source_path` as it was at git `rev`, imported under another name (baseline_<stem>)."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:spd/predict.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "show", f"{rev}:{source_path}"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "baseline_predict.py"
+    name = f"baseline_{Path(source_path).stem}"
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_predict", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -194,12 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     device = torch.device("cpu")
-    peaks = {
-        "fp32_conv": peak_conv_flops(None, False, device, seconds=1.0),
-        "fp32_matmul": peak_matmul_flops(torch.float32, device, seconds=1.0),
-        "bf16_conv": peak_conv_flops(torch.bfloat16, True, device, seconds=1.0),
-    }
-    print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    peaks = measured_peaks(device)
     model, info, model_desc = load_model(args)
     old_p = baseline_module(args.baseline_rev).Predictor(model, info)
     start = time.perf_counter()

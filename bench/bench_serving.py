@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_inference import load_model, photos  # noqa: E402
-from bench_train_step import machine, peak_conv_flops, peak_matmul_flops  # noqa: E402
+from bench_train_step import machine, measured_peaks  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
@@ -222,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from spd.model import save_model_file
 
     cpu = torch.device("cpu")
-    peaks = {  # the machine's measured peak at the start, next to the numbers it bounds
-        "fp32_conv": peak_conv_flops(None, False, cpu, seconds=1.0),
-        "fp32_matmul": peak_matmul_flops(torch.float32, cpu, seconds=1.0),
-    }
-    print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    peaks = measured_peaks(cpu, bf16=False)  # at the start, next to the numbers it bounds
     model, info, model_desc = load_model(args)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)

@@ -79,6 +79,19 @@ def peak_conv_flops(
         return 2 * 16 * 256 * 256 * 9 * 32 * 32 * _calls_per_second(lambda: conv(x), seconds)
 
 
+def measured_peaks(device: torch.device, seconds: float = 1.0, bf16: bool = True) -> dict[str, float]:
+    """The machine's peak FLOP/s measured now (fp32 conv and matmul; bf16 channels_last conv), printed:
+    what the benches record next to their figures."""
+    peaks = {
+        "fp32_conv": peak_conv_flops(None, False, device, seconds=seconds),
+        "fp32_matmul": peak_matmul_flops(torch.float32, device, seconds=seconds),
+    }
+    if bf16:
+        peaks["bf16_conv"] = peak_conv_flops(torch.bfloat16, True, device, seconds=seconds)
+    print("measured peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    return peaks
+
+
 def random_batch(
     batch: int, size: int, num_classes: int, device: torch.device, generator: bool = True
 ) -> dict:
