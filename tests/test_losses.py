@@ -116,3 +116,26 @@ def test_iuv_downsampling_keeps_part_ids_sharp():
     assert small.shape == (1, 4, 4) and set(small.unique().tolist()) == {0, 7}  # no blended ids
     assert torch.equal(small[0, :, :2], torch.zeros(4, 2, dtype=torch.long))
     assert torch.equal(small_uv[0, :, 0, 0], uv[0, :, 2, 2])  # U, V from the same pixel as I
+
+
+def test_a_training_step_never_reads_a_tensor_value_on_the_host():
+    # On a GPU such a read (.item(), bool(t), nonzero) stalls the CPU until the device catches up;
+    # the step must stay asynchronous for every task set, with partly labelled batches too.
+    from torch.profiler import ProfilerActivity, profile
+
+    from spd.config import ModelConfig
+    from spd.model import build_model
+
+    batch = make_batch(2, 64, seed=5, has_pose=[True, False], has_iuv=[False, True])
+    for tasks in [("seg",), ("seg", "pose"), ("seg", "densepose"), ALL]:
+        model = build_model(ModelConfig(backbone="resnet18", head_channels=16, tasks=tasks), 20)
+        criterion = SPDLoss(tasks, LossConfig(lambda_seg=1, lambda_pose=1, lambda_densepose=1))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss, _ = criterion(model(batch["image"]), batch)
+            loss.backward()
+        reads = {e.key for e in prof.key_averages()} & {
+            "aten::item",
+            "aten::_local_scalar_dense",
+            "aten::nonzero",
+        }
+        assert not reads, (tasks, reads)
