@@ -220,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     report = {
-        "machine": {
-            **machine(),
-            "load_average_1_5_15_before": list(load_before),
-            "load_average_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine(load_before),
         "peak_flop_per_s": peaks,
         "model": model_desc,
         "photos": "spd.data.synth people resized to the exact size, JPEG q90 round trip",

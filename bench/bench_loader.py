@@ -223,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args),
         "mode": "in-process, one pinned core, CPU time" if args.workers == 0 else "1 worker, wall time",
         "augmentation": "flip 0.5, scale 0.8-1.2, rotation +-15 deg (AugmentConfig defaults, the paper's)",
-        "machine": {
-            **machine(),
-            "load_average_1_5_15_before": list(load_before),
-            "load_average_1_5_15_after": list(os.getloadavg()),
-        },  # fmt: skip
+        "machine": machine(load_before),
         "peak_flop_per_s": peaks,
         "versions": versions(),
         "results": results,

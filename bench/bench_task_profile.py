@@ -175,11 +175,7 @@ def write_task_profile(args: argparse.Namespace) -> int:
         "command": " ".join(["python", *sys.argv]),
         "settings": vars(args),
         "model": "params-paper.yaml model + loss (ResNet-101, OS 8, 256 head channels); AdamW",
-        "machine": {
-            **machine(),
-            "load_average_1_5_15_before": list(load_before),
-            "load_average_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine(load_before),
         "peak_flop_per_s": peaks,
         "task_sets": sets,
         "share": share,

@@ -37,15 +37,20 @@ from spd.model import build_model  # noqa: E402
 PRECISIONS = {"fp32": (None, False), "bf16": (torch.bfloat16, True)}  # (autocast dtype, channels_last)
 
 
-def machine() -> dict:
-    """What every bench records about the machine it ran on (next to its measured peak)."""
-    return {
+def machine(load_before: tuple[float, ...] | None = None) -> dict:
+    """What every bench records about the machine it ran on (next to its measured peak); with
+    `load_before` (os.getloadavg() at the start) the load averages before and now."""
+    record = {
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if load_before is not None:
+        record["load_average_1_5_15_before"] = list(load_before)
+        record["load_average_1_5_15_after"] = list(os.getloadavg())
+    return record
 
 
 def _calls_per_second(call: Callable[[], torch.Tensor], seconds: float) -> float:
