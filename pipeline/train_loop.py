@@ -54,6 +54,7 @@ class _Setup:
     device: Any
     amp_dtype: Any
     tflop_per_epoch: float  # training compute of one epoch over all workers
+    batch_transform: Any = None  # GPU workers augment on the device (device_augment.training_data)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -95,8 +96,9 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from spd.data.dataset import SPDDataset
+    from spd.data.device_augment import augment_batch, training_data
     from spd.data.packed import PackedSplit
-    from spd.engine import build_optimizer, build_scheduler
+    from spd.engine import build_optimizer, build_scheduler, to_device
     from spd.flops import train_flops_per_image
     from spd.losses import SPDLoss
     from spd.model import build_model
@@ -108,7 +110,8 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
 
     data_dir = Path(runtime.resolve_path(root, params.prepare.main.out))
     train_split, val_split = PackedSplit(data_dir / "train"), PackedSplit(data_dir / "val")
-    train_ds, val_ds = SPDDataset(train_split, augment=t.augment), SPDDataset(val_split, augment=None)
+    train_ds, batch_transform = training_data(train_split, t.augment, device)
+    val_ds = SPDDataset(val_split, augment=None)
     per_worker_batch = max(1, t.batch_size // world)
     sampler = DistributedSampler(
         train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed, drop_last=True
@@ -137,12 +140,14 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     scheduler = build_scheduler(optimizer, t, t.epochs * len(train_loader), len(train_loader))
     loss_fn = SPDLoss.from_config(params.model.tasks, params.loss)
     # training compute, the yardstick recipes are compared at: FLOPs of this worker's step x workers
-    probe = next(iter(DataLoader(train_ds, batch_size=per_worker_batch)))
+    probe = to_device(next(iter(DataLoader(train_ds, batch_size=per_worker_batch))), device)
+    if batch_transform is not None:  # widened only: the probe draws no augmentation
+        probe = augment_batch(probe, None, train_split.label_set)
     images_per_epoch = len(train_loader) * per_worker_batch * world
     tflop_per_epoch = train_flops_per_image(net, loss_fn, probe) * images_per_epoch / 1e12
     return _Setup(
         train_split, val_ds, sampler, train_loader, val_loader, model, net, loss_fn, optimizer,
-        scheduler, device, autocast_dtype(t.bf16, device), tflop_per_epoch,
+        scheduler, device, autocast_dtype(t.bf16, device), tflop_per_epoch, batch_transform,
     )  # fmt: skip
 
 
@@ -184,6 +189,7 @@ def _train_and_validate(
         autocast_dtype=s.amp_dtype,
         channels_last=t.channels_last,
         on_step=_fault_hook(fault_marker, len(s.train_loader) // 2),
+        batch_transform=s.batch_transform,
     )
     losses = _mean_across_workers(losses, world)
     metrics: dict[str, float] = {"epoch": epoch, "train_loss": losses["loss"]}

@@ -73,3 +73,16 @@ def test_a_training_step_runs_on_compact_batches_augmented_on_the_device(prepare
         batch_transform=partial(augment_batch, augment=AugmentConfig()),
     )  # fmt: skip
     assert np.isfinite(out["loss"]) and {"loss_seg", "loss_pose", "loss_densepose"} <= set(out)
+
+
+def test_gpu_loops_get_the_compact_loader_and_cpu_loops_the_per_sample_one(prepared_tiny: Path) -> None:
+    from spd.data.device_augment import training_data
+    from spd.data.packed import PackedSplit
+
+    split = PackedSplit(prepared_tiny / "train")
+    dataset, transform = training_data(split, AugmentConfig(), torch.device("cpu"))
+    assert isinstance(dataset, SPDDataset) and transform is None
+    dataset, transform = training_data(split, AugmentConfig(), torch.device("cuda"))  # no GPU needed
+    assert isinstance(dataset, CompactDataset)
+    batch = transform(next(iter(DataLoader(dataset, batch_size=2))))  # here on the CPU's tensors
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["parsing"].dtype == torch.int64

@@ -15,6 +15,8 @@ generator so a seeded or resumed run draws the same), same borders (black image,
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spd.config import AugmentConfig
-from spd.data.dataset import MEAN, STD
+from spd.data.dataset import MEAN, STD, SPDDataset
 from spd.data.packed import PackedSplit
 from spd.labels import IGNORE, densepose_flip_lut, flip_lut, joint_flip_map
 
@@ -160,3 +162,18 @@ def augment_batch(
     x = batch["image"].permute(0, 3, 1, 2).float()
     no_flip = torch.zeros(len(ids), dtype=torch.bool)
     return _widened(batch, x, ids, iuv[:, 1:].float(), batch["keypoints"].float(), no_flip, label_set)
+
+
+BatchTransform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def training_data(
+    split: PackedSplit, augment: AugmentConfig | None, device: torch.device
+) -> tuple[Dataset, BatchTransform | None]:
+    """(training dataset, batch transform for train_one_epoch) for a loop on `device`: on a CPU,
+    SPDDataset augments each sample; on a GPU the loader only copies uint8 rows and the batch is
+    augmented on the device (at 384 px the per-sample warps take ~1.3 CPU cores per GPU at 250
+    images/s, the copies ~0.12: README, bench/bench_loader.py)."""
+    if device.type != "cuda":
+        return SPDDataset(split, augment=augment), None
+    return CompactDataset(split), functools.partial(augment_batch, augment=augment, label_set=split.label_set)
