@@ -9,8 +9,9 @@ contract: `image` float32 (B, 3, S, S) normalised, `parsing` / `dp_index` int64 
 ignore), `dp_uv` float32 (B, 2, S, S), `keypoints`, `has_pose`, `has_iuv`, `uv_valid`, `index`.
 
 Same geometry as `spd.data.dataset.sample_matrix` (mirror x -> S-1-x, then scale and rotate about
-the centre), same draws as SPDDataset (flip < 0.5, uniform scale and angle, from torch's CPU
-generator so a seeded or resumed run draws the same), same borders (black image, ignore labels).
+the centre), the same distributions as SPDDataset's draws (flip < 0.5, uniform scale and angle;
+drawn from torch's CPU generator in the training process, so a seeded or resumed run draws the
+same), same borders (black image, ignore labels).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class CompactDataset(Dataset):
 
 
 def draw(n: int, augment: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """flip (n,) bool, scale (n,), angle in degrees (n,): SPDDataset's draws, for n samples at once."""
+    """flip (n,) bool, scale (n,), angle in degrees (n,): SPDDataset's distributions, n samples at once."""
     r = torch.rand(n, 3, dtype=torch.float64)
     flip = (r[:, 0] < 0.5) & augment.flip
     scale = augment.scale_min + (augment.scale_max - augment.scale_min) * r[:, 1]
