@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,34 @@ def _spd_tune(params_file: Path, *args: str, env: dict[str, str] | None = None, 
         text=True,
         timeout=timeout,
     )
+
+
+def _spd_tune_background(params_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "tune", "--params", str(params_file)],
+        cwd=params_file.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_a_finished_trial(tmp_path: Path, proc: subprocess.Popen, timeout_s: float = 900) -> str:
+    """The trial id of the first nested MLflow run that has a final status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        # The search state is written after the driver has set up MLflow: only then read the db.
+        if (tmp_path / "tuning" / "ray_results" / "tiny-search" / "spd_search.json").exists():
+            runs, _ = _mlflow_runs(tmp_path)
+            for run in runs:
+                if "spd.tune.status" in run.data.tags:
+                    return run.data.tags["spd.tune.trial_id"]
+        time.sleep(3)
+    proc.kill()
+    raise AssertionError("no trial finished in time")
 
 
 @pytest.mark.parametrize(
@@ -133,11 +163,17 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
         "tune.seed=0",
         "tune.max_failures=1",
     )
-    # An interrupted search (Ctrl-C) continuing where it stopped is tested on the two-node cluster
-    # with its state in a bucket (tests/test_cluster_s3.py): the same restore code, through
-    # pipeline.storage, and one search fewer in this suite's time budget.
+    # Interrupt the search (Ctrl-C) once its first trial has ended, then run it again: it continues.
+    proc = _spd_tune_background(params_file)
+    first = _wait_for_a_finished_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-3000:] + stderr[-5000:]
+    assert not (tmp_path / "tuning" / "best_params.yaml").exists()  # no outputs from half a search
+
     res = _spd_tune(params_file)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert "continuing search tiny-search" in res.stdout
     out = tmp_path / "tuning"
 
     with open(out / "trials.csv") as f:
@@ -177,6 +213,7 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
     assert len(nested) == 4 and len(runs) == 5
     by_trial = {r.data.tags["spd.tune.trial_id"]: r for r in nested}
     assert set(by_trial) == {r["trial_id"] for r in rows}
+    assert first in by_trial  # the trial that ended before the interruption was kept, not re-run
     for row in rows:
         run = by_trial[row["trial_id"]]
         assert float(run.data.params["lambda_pose_rel"]) == pytest.approx(float(row["lambda_pose"]), rel=1e-5)
