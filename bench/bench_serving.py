@@ -14,7 +14,7 @@ alone before the load (a wrong answer); a bad request must get HTTP 400 whose me
 problem; anything else is an error. Latency is client-side, per request, good requests only.
 Server peak RSS: the sum of VmHWM over the server's processes.
 
-Model: as bench_inference.py (random init of params.yaml's model unless --model). The machine is
+Model: as bench_inference.py (random init of params.yaml's model unless --model). The machine may be
 shared: its load average before and after each run is in the JSON (bench/results/serving.json).
 """
 
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from spd.model import save_model_file
 
     cpu = torch.device("cpu")
+    load_before = os.getloadavg()
     peaks = measured_peaks(cpu, bf16=False)  # at the start, next to the numbers it bounds
     model, info, model_desc = load_model(args)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         save_model_file(model_file, model, cfg, info["num_classes"], info["label_set"], info["image_size"])
         knobs = {knob: bench_knob(knob, model_file, args, work) for knob in args.knobs.split(",")}
     report = {
-        "machine": {**machine(), "shared": "other jobs ran"},
+        "machine": machine(load_before),
         "peak_flop_per_s": peaks,
         "model": model_desc,
         "requests": "JPEG q90 photos 512x512 and 1920x1080 (2 each), flip_tta on/off; every "

@@ -83,20 +83,21 @@ def densepose_flip_map() -> np.ndarray:
     return _permutation(NUM_DP_PARTS + 1, DENSEPOSE_FLIP_PAIRS)
 
 
-def flip_lut(label_set: str = "lip") -> np.ndarray:
-    """(256,) uint8 lookup table: class flip on ids, identity elsewhere (so 255 stays ignore)."""
+def _uint8_lut(perm: np.ndarray) -> np.ndarray:
+    """(256,) uint8 lookup table: `perm` on the ids it covers, identity above (so 255 stays 255)."""
     lut = np.arange(256, dtype=np.uint8)
-    perm = class_flip_map(label_set)
     lut[: len(perm)] = perm
     return lut
+
+
+def flip_lut(label_set: str = "lip") -> np.ndarray:
+    """(256,) uint8 lookup table: class flip on ids, identity elsewhere (so 255 stays ignore)."""
+    return _uint8_lut(class_flip_map(label_set))
 
 
 def densepose_flip_lut() -> np.ndarray:
     """(256,) uint8 lookup table: DensePose part flip on I, identity elsewhere (255 stays no-label)."""
-    lut = np.arange(256, dtype=np.uint8)
-    perm = densepose_flip_map()
-    lut[: len(perm)] = perm
-    return lut
+    return _uint8_lut(densepose_flip_map())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,17 @@ def _move_joints(kps: torch.Tensor, m: torch.Tensor, flip: torch.Tensor, size: i
     return torch.cat([xy, inside[..., None].float()], dim=-1)
 
 
+@functools.cache
+def _constants(label_set: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-step constants built once per device: the parsing and DensePose I flip tables (256,)
+    int64, and the normalisation's mean and std (1, 3, 1, 1) in 0..255 units."""
+    parsing_lut = torch.as_tensor(flip_lut(label_set), device=device).long()
+    dp_lut = torch.as_tensor(densepose_flip_lut(), device=device).long()
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return parsing_lut, dp_lut, mean, std
+
+
 def _widened(
     batch: dict[str, torch.Tensor],
     x: torch.Tensor,
@@ -110,10 +121,7 @@ def _widened(
     DensePose I, uv (B, 2, S, S) float 0..255; mirrored samples' left/right ids swapped."""
     device = x.device
     flipped = flip.to(device).view(-1, 1, 1)
-    parsing_lut = torch.as_tensor(flip_lut(label_set), device=device).long()
-    dp_lut = torch.as_tensor(densepose_flip_lut(), device=device).long()
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    parsing_lut, dp_lut, mean, std = _constants(label_set, device)
     has_iuv = batch["has_iuv"].to(torch.bool)
     return {
         "image": ((x - mean) / std).contiguous(),
