@@ -7,7 +7,8 @@ the predictor's). DensePose U/V errors are therefore those of the float U, V map
 (before, the stage scored the predictor's uint8-quantised IUV). Writes, atomically, under
 `evaluate.out_dir`:
 - `metrics.json` (DVC metrics): mIoU, pixel acc, mean acc (SCHP definitions), the per-image mIoU
-  variant, coarse-group mIoU (the fine confusion matrix regrouped), PCKh@0.5 overall and per joint,
+  variant, coarse-group mIoU (the fine confusion matrix regrouped), the left/right parts' side
+  accuracy and merged-pair mIoU (`ConfusionMatrix.sides`), PCKh@0.5 overall and per joint,
   DensePose part mIoU and U/V error; with `prepare.cross` packed, `cross`: mIoU on the coarse groups
   both label sets share (the same evaluation with both label sets mapped onto the groups; numbers
   only: the label sets, flip TTA and model file are in `evaluation.json`);
@@ -33,7 +34,7 @@ import numpy as np
 from pipeline.config import Params
 from spd.errors import SpdError
 from spd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from spd.labels import COARSE_GROUPS, LABEL_SETS, LIP_JOINTS, coarse_lut
+from spd.labels import COARSE_GROUPS, LABEL_SETS, LIP_JOINTS, class_flip_map, coarse_lut
 
 CONFUSION_ROWS = 20_000
 PANEL_MIN = 128  # overlay panels are upscaled to at least this many pixels
@@ -86,6 +87,7 @@ def evaluate_split(model: Any, info: dict, split: Any, batch_size: int, flip_tta
         if key == "per_image_miou":
             coarse = confusion.regroup(coarse_lut(split.label_set), len(COARSE_GROUPS))
             metrics["coarse_miou"] = coarse.compute()["miou"]
+            metrics |= confusion.sides(class_flip_map(split.label_set))
     return {"metrics": metrics, "confusion": confusion.mat.numpy()}
 
 
@@ -254,6 +256,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
     line = f"val mIoU {metrics['miou']:.4f}, pixel acc {metrics['pixel_acc']:.4f}"
     if "pckh" in metrics:
         line += f", PCKh@0.5 {metrics['pckh']:.4f}"
+    if "side_accuracy" in metrics:
+        line += f", left/right side accuracy {metrics['side_accuracy']:.3f} (0.5: chance)"
     if "cross" in metrics:
         line += f", cross ({info['cross_label_set']}) coarse mIoU {metrics['cross']['coarse_miou']:.4f}"
     print(f"{line} -> {out}")

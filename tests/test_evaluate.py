@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.cli import main as spd_main
 from pipeline.evaluate import CONFUSION_ROWS, confusion_rows
-from spd.labels import COARSE_GROUPS, LIP_CLASSES, LIP_JOINTS, coarse_lut
+from spd.labels import COARSE_GROUPS, LIP_CLASSES, LIP_JOINTS, class_flip_map, coarse_lut
+from spd.metrics import ConfusionMatrix
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,13 @@ def test_evaluate_reports_are_the_training_evaluation_of_the_model(
     per_class_iou = expected.pop("per_class_iou")  # in per_class_iou.csv, for the bar plot
     confusion = np.array(expected.pop("confusion"))  # in confusion.csv, scaled, for the plot
     assert expected["num_images"] == 8
-    assert {k: v for k, v in metrics.items() if k not in ("coarse_miou", "cross")} == expected
+    from_confusion = ("coarse_miou", "cross", "side_accuracy", "side_merged_miou")
+    assert {k: v for k, v in metrics.items() if k not in from_confusion} == expected
     assert {"dp_miou", "dp_uv_error", "per_image_miou", "pckh"} <= set(metrics)
+
+    # How the left/right parts fare comes from the same confusion matrix.
+    sides = ConfusionMatrix.from_counts(confusion).sides(class_flip_map("lip"))
+    assert {k: metrics[k] for k in ("side_accuracy", "side_merged_miou")} == sides
 
     # Coarse groups come from the fine confusion matrix: the same as scoring the grouped labels.
     assert metrics["coarse_miou"] == on_coarse_groups(tiny_model_64, prepared_tiny / "val", "lip")["miou"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spd.labels import COARSE_GROUPS, IGNORE, LABEL_SETS, coarse_lut
+from spd.labels import COARSE_GROUPS, IGNORE, LABEL_SETS, class_flip_map, coarse_lut
 from spd.metrics import ConfusionMatrix, DensePoseAccumulator, PCKhAccumulator, PerImageIoU
 
 
@@ -162,3 +162,31 @@ def _reduce_worker(rank: int, tmp: str, gts: np.ndarray, preds: np.ndarray) -> N
     if rank == 0:
         torch.save(cm.mat, f"{tmp}/reduced.pt")
     dist.destroy_process_group()
+
+
+def _lip_confusion(cells: dict[tuple[str, str], int]) -> ConfusionMatrix:
+    names = LABEL_SETS["lip"]
+    counts = np.zeros((len(names), len(names)), np.int64)
+    for (truth, pred), n in cells.items():
+        counts[names.index(truth), names.index(pred)] = n
+    return ConfusionMatrix.from_counts(counts)
+
+
+def test_sides_tells_a_model_blind_to_facing_from_one_that_knows_it():
+    """Left/right parts found but their sides guessed: side accuracy at chance (0.5) while the
+    merged pairs score well — the failure mIoU alone cannot tell from missing the limbs."""
+    flip = class_flip_map("lip")
+    pairs = [("left_arm", "right_arm"), ("left_leg", "right_leg"), ("left_shoe", "right_shoe")]
+    blind = _lip_confusion(
+        {(a, b): 50 for p in pairs for a in p for b in p} | {("background", "background"): 900}
+    )
+    sides = blind.sides(flip)
+    assert sides["side_accuracy"] == pytest.approx(0.5)
+    assert sides["side_merged_miou"] == pytest.approx(1.0)
+    knows = _lip_confusion(
+        {(a, a): 90 for p in pairs for a in p} | {(a, "background"): 10 for p in pairs for a in p}
+    )
+    sides = knows.sides(flip)
+    assert sides["side_accuracy"] == pytest.approx(1.0)
+    assert sides["side_merged_miou"] == pytest.approx(180 / 200)
+    assert ConfusionMatrix(3).sides(np.arange(3)) == {}  # a label set without sided classes
