@@ -73,23 +73,24 @@ class ConfusionMatrix:
 
     def sides(self, flip_map: np.ndarray) -> dict[str, float]:
         """How the classes of a person's own side (those a horizontal flip swaps: left/right arm,
-        leg, shoe) fare: `side_accuracy`, of their pixels predicted as the right part on either side,
-        the fraction given the right side (0.5: blind to which way the person faces), and
+        leg, shoe) fare: `side_accuracy`, of their pixels predicted as the same body part on either
+        side, the fraction given the correct side (0.5: blind to which way the person faces), and
         `side_merged_miou`, their mIoU with each left/right pair merged (what their IoU would be if
-        every side were right). Empty when the label set has no sided classes."""
+        every side were correct; absent pairs count 0, as SCHP's mIoU counts absent classes).
+        Empty when the label set has no sided classes."""
         m = self.mat.double()
         flip = torch.as_tensor(np.asarray(flip_map)[: self.num_classes]).long()  # (K,)
         sided = torch.nonzero(flip != torch.arange(self.num_classes)).flatten()
         if len(sided) == 0:
             return {}
-        right, swapped = m[sided, sided].sum(), m[sided, flip[sided]].sum()
+        correct, swapped = m[sided, sided].sum(), m[sided, flip[sided]].sum()
         merged = []
         for a, b in sorted({tuple(sorted((int(c), int(flip[c])))) for c in sided}):
             pair = [a, b]
             tp = m[pair][:, pair].sum()
             merged.append(float(tp / max(1.0, float(m[pair].sum() + m[:, pair].sum() - tp))))
         return {
-            "side_accuracy": float(right / (right + swapped)) if right + swapped > 0 else 0.0,
+            "side_accuracy": float(correct / (correct + swapped)) if correct + swapped > 0 else 0.0,
             "side_merged_miou": float(np.mean(merged)),
         }
 
