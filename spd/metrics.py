@@ -84,11 +84,12 @@ class ConfusionMatrix:
         if len(sided) == 0:
             return {}
         correct, swapped = m[sided, sided].sum(), m[sided, flip[sided]].sum()
-        merged = []
-        for a, b in sorted({tuple(sorted((int(c), int(flip[c])))) for c in sided}):
-            pair = [a, b]
-            tp = m[pair][:, pair].sum()
-            merged.append(float(tp / max(1.0, float(m[pair].sum() + m[:, pair].sum() - tp))))
+        # Each pair one group, every other class one "rest" group that keeps their errors counted.
+        pair_of = torch.minimum(torch.arange(self.num_classes), flip)  # (K,) a pair's lower id
+        pairs = torch.unique(pair_of[sided])  # (P,)
+        lut = np.full(self.num_classes, len(pairs), np.int64)
+        lut[sided.numpy()] = torch.searchsorted(pairs, pair_of[sided]).numpy()
+        merged = self.regroup(lut, len(pairs) + 1).compute()["per_class_iou"][: len(pairs)]
         return {
             "side_accuracy": float(correct / (correct + swapped)) if correct + swapped > 0 else 0.0,
             "side_merged_miou": float(np.mean(merged)),
