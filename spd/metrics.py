@@ -174,7 +174,7 @@ class PCKhAccumulator:
         head = (g[:, NECK, :2] - g[:, HEAD_TOP, :2]).norm(dim=-1)  # (B,)
         usable = visible[:, NECK] & visible[:, HEAD_TOP] & (head > 0)
         if has_pose is not None:
-            usable &= torch.as_tensor(np.asarray(has_pose)).bool().cpu().view(-1)
+            usable &= torch.as_tensor(has_pose).bool().cpu().view(-1)  # a list, array or any device
         counted = visible & usable[:, None]
         dist_ = (p[..., :2] - g[..., :2].nan_to_num(0.0)).norm(dim=-1)  # (B, J)
         correct = counted & (dist_ <= self.threshold * head[:, None])
