@@ -52,6 +52,7 @@ class ModelConfig:
     freeze_bn: bool = False
     tasks: tuple[str, ...] = TASKS
     head_channels: int = 128
+    facing_head: bool = False  # sided parts in the image frame + a mirrored logit (spd.sides)
 
 
 @dataclass(frozen=True)

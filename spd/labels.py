@@ -58,7 +58,7 @@ NUM_JOINTS = len(LIP_JOINTS)  # 16
 NUM_ATR_CLASSES = len(ATR_CLASSES)  # 18
 
 LABEL_SETS: dict[str, tuple[str, ...]] = {"lip": LIP_CLASSES, "atr": ATR_CLASSES}
-_FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS}
+FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS}  # sided class pairs per label set
 
 
 def _permutation(n: int, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -70,7 +70,7 @@ def _permutation(n: int, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
 
 def class_flip_map(label_set: str = "lip") -> np.ndarray:
     """(C,) permutation of class ids under a horizontal flip."""
-    return _permutation(len(LABEL_SETS[label_set]), _FLIP_PAIRS[label_set])
+    return _permutation(len(LABEL_SETS[label_set]), FLIP_PAIRS[label_set])
 
 
 def joint_flip_map() -> np.ndarray:

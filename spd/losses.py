@@ -16,6 +16,7 @@ from torch import nn
 from spd.config import LossConfig
 from spd.data.targets import HEAD_STRIDE, downsample_iuv, joint_heatmaps
 from spd.labels import IGNORE
+from spd.sides import to_image_frame
 
 Components = dict[str, torch.Tensor]
 
@@ -61,7 +62,12 @@ def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class SegLoss(nn.Module):
     """Cross-entropy (ignore 255) on initial and refined logits, upsampled to the label size, plus
-    `lovasz` x Lovász-softmax on the refined logits (0: CE only)."""
+    `lovasz` x Lovász-softmax on the refined logits (0: CE only).
+
+    A model with a facing head (its outputs hold `facing`; spd.sides) is scored in the image frame:
+    its seg_init and seg_image logits against the labels with the sided classes of mirrored people
+    swapped, plus binary CE of its mirrored logit, all where the labels tell the facing.
+    """
 
     def __init__(self, lovasz: float = 0.0) -> None:
         super().__init__()
@@ -70,14 +76,23 @@ class SegLoss(nn.Module):
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> Components:
         target = batch["parsing"]  # (B, H, W) int64
         size = target.shape[-2:]
+        refined = "seg"
         parts = {}
-        for key in ("seg_init", "seg"):
+        if "facing" in outputs:
+            refined = "seg_image"
+            target, mirrored, known = to_image_frame(target, outputs[refined].shape[1])
+            bce = F.binary_cross_entropy_with_logits(
+                outputs["facing"].float().view(-1), mirrored.float(), reduction="none"
+            )  # (B,)
+            parts["seg_facing"] = _masked_mean((bce * known).sum(), known.sum())
+        for key in ("seg_init", refined):
             logits = F.interpolate(outputs[key].float(), size=size, mode="bilinear", align_corners=False)
             total, count = _ce_sum(logits, target)
             parts[key] = _masked_mean(total, count)
-            if key == "seg" and self.lovasz > 0:
+            if key == refined and self.lovasz > 0:
                 parts["seg_lovasz"] = lovasz_softmax(logits.softmax(1), target)
-        loss = parts["seg_init"] + parts["seg"] + self.lovasz * parts.get("seg_lovasz", 0.0)
+        loss = parts["seg_init"] + parts[refined] + self.lovasz * parts.get("seg_lovasz", 0.0)
+        loss = loss + parts.get("seg_facing", 0.0)
         return {"loss": loss, **parts}
 
 
@@ -196,6 +211,6 @@ class SPDLoss(nn.Module):
         for t, parts in terms.items():
             components[f"loss_{t}"] = parts["loss"].detach()
             for name, value in parts.items():
-                if name not in ("loss", "seg", "pose"):
+                if name not in ("loss", "seg", "seg_image", "pose"):
                     components[f"loss_{name}"] = value.detach()
         return total, components

@@ -20,7 +20,14 @@ def flip_permutations(label_set: str, device: torch.device | str = "cpu") -> dic
     classes = torch.as_tensor(class_flip_map(label_set), device=device)
     joints = torch.as_tensor(joint_flip_map(), device=device)
     parts = torch.as_tensor(densepose_flip_map(), device=device)
-    return {"seg": classes, "seg_init": classes, "pose": joints, "pose_init": joints, "dp_index": parts}
+    return {
+        "seg": classes,
+        "seg_init": classes,
+        "seg_image": classes,
+        "pose": joints,
+        "pose_init": joints,
+        "dp_index": parts,
+    }
 
 
 def flip_average(forward: Forward, x: torch.Tensor, label_set: str) -> dict[str, torch.Tensor]:

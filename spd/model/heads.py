@@ -110,6 +110,22 @@ class PoseHead(nn.Module):
         return self.maps(self.refine(torch.cat([feat, init, self.remap_seg(seg_logits)], dim=1)))
 
 
+class FacingHead(nn.Module):
+    """One logit per image: is the person mirrored (their left on the image's right, i.e. facing the
+    camera)? From the segmentation context features pooled over the image (average and max), since
+    the cue — a visible face — may be anywhere and small."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, 1)
+        )
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([feat.mean(dim=(-2, -1)), feat.amax(dim=(-2, -1))], dim=1)  # (B, 2C)
+        return self.mlp(pooled)  # (B, 1)
+
+
 class DensePoseHead(nn.Module):
     """DensePose: part index logits I (background + 24 parts) and per-part U, V in [0, 1]."""
 

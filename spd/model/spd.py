@@ -18,7 +18,8 @@ from spd.errors import SpdError
 from spd.io import atomic_write_bytes
 from spd.labels import NUM_DP_PARTS, NUM_JOINTS
 from spd.model.backbone import ResNetBackbone
-from spd.model.heads import DensePoseHead, PoseHead, SegHead, conv_bn_relu, resize_to
+from spd.model.heads import DensePoseHead, FacingHead, PoseHead, SegHead, conv_bn_relu, resize_to
+from spd.sides import side_permutation, to_anatomical
 
 MODEL_FORMAT = "spd-model/1"
 
@@ -30,6 +31,8 @@ class SPDNet(nn.Module):
       seg_init (B, K, h, w); seg (B, K, ceil(H/4), ceil(W/4)) — decoded to stride 4;
       pose_init, pose (B, 16, h, w);
       dp_index (B, 25, h, w); dp_u, dp_v (B, 24, h, w) in [0, 1]. Keys of disabled tasks are absent.
+    With `facing_head` (spd.sides): seg_init and seg_image (the refined logits) are in the image
+    frame, facing (B, 1) is the mirrored logit, and seg holds the anatomical log-probabilities.
     With output stride 16 the backbone features are upsampled to stride 8 before the heads.
     """
 
@@ -72,6 +75,12 @@ class SPDNet(nn.Module):
             with _seeded(base, "seg_head"):
                 seg_only = SegHead(c4, ch, num_classes, {}, low)
             _copy_same_shaped(seg_only, self.seg_head)
+        self.facing_head = None
+        if cfg.facing_head:
+            with _seeded(base, "facing_head"):
+                self.facing_head = FacingHead(ch)
+            # not persistent: derived from num_classes, so model files stay what they were
+            self.register_buffer("side_perm", side_permutation(num_classes), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         H, W = x.shape[-2:]
@@ -93,7 +102,12 @@ class SPDNet(nn.Module):
             dp = self.dp_head(shared)
             out.update(dp)
             context["densepose"] = torch.cat([dp["dp_index"], dp["dp_u"], dp["dp_v"]], dim=1)
-        out["seg"] = self.seg_head.refined(seg_feat, seg_init, context, feats["layer1"])
+        seg = self.seg_head.refined(seg_feat, seg_init, context, feats["layer1"])
+        if self.facing_head is not None:
+            out["facing"] = self.facing_head(seg_feat)  # (B, 1)
+            out["seg_image"] = seg
+            seg = to_anatomical(seg, out["facing"], self.side_perm)
+        out["seg"] = seg
         return out
 
 
