@@ -23,27 +23,49 @@ from spd.precision import autocast_dtype
 AMP = autocast_dtype("auto", "cpu")  # bf16 where the CPU computes it natively, else fp32
 
 
-def measured_peak() -> float:
-    """The machine's peak FLOP/s at the training precision: the faster of a matmul and a large conv,
-    timed now (bench_train_step's kernels), printed and returned next to every figure."""
+def measured_peak(device: torch.device | str = "cpu") -> float:
+    """The machine's peak FLOP/s at the training precision, timed now and printed: on the CPU the
+    faster of a matmul and a large conv (bench_train_step's kernels); on a GPU a bf16 matmul."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _cuda_matmul_peak(device)
     from bench_train_step import peak_conv_flops, peak_matmul_flops
 
-    cpu = torch.device("cpu")
     dtype = AMP or torch.float32
-    peak = max(peak_matmul_flops(dtype, cpu), peak_conv_flops(AMP, AMP is not None, cpu))
+    peak = max(peak_matmul_flops(dtype, device), peak_conv_flops(AMP, AMP is not None, device))
     print(f"measured {'bf16' if AMP else 'fp32'} peak {peak / 1e9:.0f} GFLOP/s", flush=True)
     return peak
 
 
-def machine_record(threads: int, peak: float) -> dict:
+def _cuda_matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    peak = 2 * n**3 * reps / (time.perf_counter() - start)
+    print(f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s on {torch.cuda.get_device_name(device)}")
+    return peak
+
+
+def machine_record(threads: int, peak: float, device: torch.device | str = "cpu") -> dict:
     """What every result of these benches is stored next to: the machine, precision and its peak."""
     import platform
 
-    return {
+    device = torch.device(device)
+    amp = autocast_dtype("auto", device)
+    record = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads},
-        "precision": "bf16" if AMP else "fp32",
+        "precision": "bf16" if amp else "fp32",
         "peak_gflops": round(peak / 1e9, 1),
     }
+    if device.type == "cuda":
+        record["machine"]["gpu"] = torch.cuda.get_device_name(device)
+    return record
 
 
 @dataclass(frozen=True)
@@ -63,17 +85,27 @@ def _batches(loader: DataLoader, steps: int) -> Iterator[dict]:
             yield batch
 
 
-def _images_per_second(model: nn.Module, criterion: nn.Module, loader: DataLoader, steps: int = 6) -> float:
+def _images_per_second(
+    model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, steps: int = 6
+) -> float:
     """Training throughput from a short probe on a copy (the trained model is untouched)."""
     import copy
 
     probe = copy.deepcopy(model)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     batches = list(_batches(loader, steps + 1))
-    train_one_epoch(probe, criterion, opt, None, batches[:1], "cpu", autocast_dtype=AMP, channels_last=True)
+    amp = autocast_dtype("auto", device)
+    train_one_epoch(probe, criterion, opt, None, batches[:1], device, autocast_dtype=amp, channels_last=True)
+    _synchronize(device)
     start = time.perf_counter()
-    train_one_epoch(probe, criterion, opt, None, batches[1:], "cpu", autocast_dtype=AMP, channels_last=True)
+    train_one_epoch(probe, criterion, opt, None, batches[1:], device, autocast_dtype=amp, channels_last=True)
+    _synchronize(device)
     return steps * loader.batch_size / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_to_budget(
@@ -87,20 +119,34 @@ def train_to_budget(
     num_classes: int,
     tasks: tuple[str, ...] = ("seg",),
     evals: int = 4,
+    device: torch.device | str = "cpu",
+    loader_workers: int = 0,
 ) -> dict:
     """Train `model` with `cfg`'s optimizer and schedule until `budget`; evaluate `evals` times.
 
     Returns {gflop_per_image, steps, images, epochs, curve: [{tflop, wall_s, val_miou}], final
-    metrics of `spd.engine.evaluate`}. The lr schedule ends exactly at the budget.
+    metrics of `spd.engine.evaluate`}. The lr schedule ends exactly at the budget. bf16 autocast
+    where `device` computes it natively (params' `bf16: auto`).
     """
+    device = torch.device(device)
+    amp = autocast_dtype("auto", device)
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=g)
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=g,
+        num_workers=loader_workers,
+        persistent_workers=loader_workers > 0,
+    )
     model = model.to(memory_format=torch.channels_last)
     fpi = train_flops_per_image(model, criterion, next(iter(loader)))
+    model = model.to(device)
     if budget.tflop is not None:
         steps = int(budget.tflop * 1e12 / (fpi * cfg.batch_size))
     else:
-        steps = int(budget.wall_s * _images_per_second(model, criterion, loader) / cfg.batch_size)
+        steps = int(budget.wall_s * _images_per_second(model, criterion, loader, device) / cfg.batch_size)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps, len(loader))
     val_loader = DataLoader(val_ds, batch_size=16)
@@ -110,17 +156,18 @@ def train_to_budget(
         start = time.perf_counter()
         chunk = (next(batches) for _ in range(mark - done))
         train_one_epoch(
-            model, criterion, optimizer, scheduler, chunk, "cpu", autocast_dtype=AMP, channels_last=True
+            model, criterion, optimizer, scheduler, chunk, device, autocast_dtype=amp, channels_last=True
         )
+        _synchronize(device)
         train_s += time.perf_counter() - start
         done = mark
         metrics = evaluate(
             model,
             val_loader,
-            "cpu",
+            device,
             num_classes=num_classes,
             tasks=tasks,
-            autocast_dtype=AMP,
+            autocast_dtype=amp,
             channels_last=True,
         )
         tflop = done * cfg.batch_size * fpi / 1e12

@@ -1,0 +1,169 @@
+"""Does the facing head put left and right on the right side? The default recipe with and without
+`model.facing_head`, same data, same budget, paired seeds.
+
+    python bench/bench_sides.py                              # params.yaml's budget, seeds 0 1
+    python bench/bench_sides.py --device cuda --loader-workers 12 --seeds 0,1,2
+    python bench/bench_sides.py --merge a.json b.json    # runs made apart (one process per arm/seed)
+    python bench/bench_sides.py --budget 1 --evals 1 --seeds 0   # a quick check of the script
+
+Both arms train params.yaml's tasks on `prepare.main.out` (run `dvc repro prepare` first) with the
+library's loop (bench/budget.py) and are scored on its val split: mIoU, side accuracy (of the sided
+classes' pixels given the right body part, the share on the correct side; 0.5 is chance), the sided
+classes' IoU and the pairs-merged mIoU. The difference per seed gives a paired 95% CI (t). Writes
+bench/results/sides.json (--out) with the device and its measured peak; --merge summarises the
+results of several runs (e.g. one process per seed on one GPU) together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
+
+from pipeline.ablation_stats import Thresholds, difference  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from spd.data.dataset import SPDDataset  # noqa: E402
+from spd.data.packed import PackedSplit  # noqa: E402
+from spd.io import atomic_write_json  # noqa: E402
+from spd.labels import LABEL_SETS, class_flip_map  # noqa: E402
+from spd.losses import SPDLoss  # noqa: E402
+from spd.metrics import ConfusionMatrix  # noqa: E402
+from spd.model import build_model  # noqa: E402
+
+ARMS = {"without": ["model.facing_head=false"], "with": ["model.facing_head=true"]}
+METRICS = ("miou", "side_accuracy", "side_merged_miou", "sided_min_iou", "sided_miou")
+STATS = Thresholds(
+    confidence=0.95, power=0.8, mde_target=0.02, floor_miou=0.0, converge_epochs=3, converge_slope=0.005
+)
+
+
+def side_scores(final: dict, label_set: str) -> dict:
+    """mIoU, side accuracy, pairs-merged mIoU and the sided classes' IoUs of `evaluate`'s metrics."""
+    confusion = ConfusionMatrix(len(final["per_class_iou"]))
+    confusion.mat = torch.as_tensor(final["confusion"], dtype=torch.int64)
+    flip = class_flip_map(label_set)
+    sided = [k for k in range(len(flip)) if flip[k] != k]
+    names = LABEL_SETS[label_set]
+    sided_iou = {names[k]: final["per_class_iou"][k] for k in sided}
+    return {
+        "miou": final["miou"],
+        **confusion.sides(flip),
+        "sided_iou": sided_iou,
+        "sided_min_iou": min(sided_iou.values()),
+        "sided_miou": float(np.mean(list(sided_iou.values()))),
+    }
+
+
+def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    params = load_params(args.params, [*ARMS[arm], f"train.seed={seed}"])
+    data = ROOT / params.prepare.main.out
+    train_split, val_split = PackedSplit(data / "train"), PackedSplit(data / "val")
+    torch.manual_seed(seed)
+    model = build_model(params.model, train_split.num_classes)
+    criterion = SPDLoss.from_config(params.model.tasks, params.loss)
+    budget = args.budget or _params_budget(params, model, criterion, train_split)
+    print(f"{arm} facing head, seed {seed}: {budget:.1f} TFLOP", flush=True)
+    result = train_to_budget(
+        model,
+        criterion,
+        SPDDataset(train_split, augment=params.train.augment),
+        SPDDataset(val_split),
+        params.train,
+        Budget(tflop=budget),
+        num_classes=train_split.num_classes,
+        tasks=params.model.tasks,
+        evals=args.evals,
+        device=args.device,
+        loader_workers=args.loader_workers,
+    )
+    final = result.pop("final")
+    scores = side_scores(final, train_split.label_set)
+    print(
+        f"    val mIoU {scores['miou']:.4f}, side accuracy {scores['side_accuracy']:.3f}, "
+        f"sided IoU {scores['sided_min_iou']:.3f}-{max(scores['sided_iou'].values()):.3f}",
+        flush=True,
+    )
+    return {"arm": arm, "seed": seed, "budget_tflop": budget, **result, **scores}
+
+
+def _params_budget(params: object, model: torch.nn.Module, criterion: object, split: PackedSplit) -> float:
+    """params.yaml's training compute: epochs x training images x FLOPs per image, in TFLOP."""
+    from spd.flops import train_flops_per_image
+
+    ds = SPDDataset(split)
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
+    fpi = train_flops_per_image(model, criterion, batch)
+    return params.train.epochs * len(split) * fpi / 1e12
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per metric: each arm's mean and the paired difference (with - without) with its 95% CI."""
+    out = {}
+    for metric in METRICS:
+        arms = {a: {r["seed"]: r[metric] for r in runs if r["arm"] == a} for a in ARMS}
+        diff = difference(arms["with"], arms["without"], STATS)
+        out[metric] = {
+            **{f"mean_{a}": float(np.mean(list(v.values()))) for a, v in arms.items()},
+            "delta": diff.delta,
+            "ci95": list(diff.ci) if diff.ci else None,
+            "seeds": diff.n,
+        }
+    return out
+
+
+def write(path: Path, record: dict, runs: list[dict]) -> dict | None:
+    """The runs so far (written after each, so an interrupted bench keeps them) and, once both arms
+    have run, the summary."""
+    done = {r["arm"] for r in runs}
+    summary = summarize(runs) if done == set(ARMS) else None
+    atomic_write_json(path, {**record, "runs": runs, "summary": summary})
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--budget", type=float, default=None, help="TFLOP per run (default: params.yaml's)")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated; both arms run each")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
+    ap.add_argument("--evals", type=int, default=3, help="evaluations along the budget")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--loader-workers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only summarise these results together")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/sides.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        record = {k: v for k, v in parts[0].items() if k not in ("runs", "summary")}
+        summary = write(out, {**record, "merged": args.merge}, [r for p in parts for r in p["runs"]])
+    else:
+        torch.set_num_threads(args.threads)
+        peak = measured_peak(args.device)
+        record = {**machine_record(args.threads, peak, args.device), "command": " ".join(sys.argv)}
+        runs: list[dict] = []
+        for seed in args.seeds.split(","):
+            for arm in args.arms.split(","):
+                runs.append(run_arm(arm, int(seed), args))
+                summary = write(out, record, runs)
+    for metric, s in (summary or {}).items():
+        ci = f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]" if s["ci95"] else "(one seed: no CI)"
+        print(
+            f"{metric:>17}: without {s['mean_without']:.3f}, with {s['mean_with']:.3f}, "
+            f"Δ {s['delta']:+.3f} {ci}"
+        )
+
+
+if __name__ == "__main__":
+    main()
