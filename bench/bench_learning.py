@@ -2,6 +2,7 @@
 
     python bench/bench_learning.py                    # both recipes at params.yaml's budget
     python bench/bench_learning.py --budget 60 --evals 3
+    python bench/bench_learning.py --device cuda --loader-workers 12   # minutes on one GPU
 
 Both recipes train all of params.yaml's tasks on the same prepared data (`prepare.main.out`, run
 `dvc repro prepare` first) with the library's loop (bf16, channels_last, in-process, no Ray), and
@@ -62,6 +63,8 @@ def run_recipe(name: str, overrides: list[str], args: argparse.Namespace) -> dic
         num_classes=train_split.num_classes,
         tasks=params.model.tasks,
         evals=args.evals,
+        device=args.device,
+        loader_workers=args.loader_workers,
     )
     final = result.pop("final")
     return {"recipe": name, "overrides": overrides, **result, "val_miou": final["miou"]}
@@ -92,10 +95,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="TFLOP per recipe")
     ap.add_argument("--evals", type=int, default=4, help="evaluations along the budget")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="e.g. cuda: bf16 where the device computes it")
+    ap.add_argument("--loader-workers", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = measured_peak()
+    peak = measured_peak(args.device)
     results = [run_recipe("previous", PREVIOUS_RECIPE, args), run_recipe("current", [], args)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +108,7 @@ def main() -> None:
     atomic_write_json(
         out,
         {
-            **machine_record(args.threads, peak),
+            **machine_record(args.threads, peak, args.device),
             "budget_tflop": args.budget,
             "results": results,
         },

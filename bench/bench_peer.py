@@ -3,6 +3,7 @@ on the same prepared data, at the same training compute and at the same wall tim
 
     python bench/bench_peer.py                               # params.yaml's budget, every peer
     python bench/bench_peer.py --budget 60 --peers lraspp_mobilenet_v3_large
+    python bench/bench_peer.py --device cuda --loader-workers 12     # minutes on one GPU
 
 Every model trains with the library's loop (bf16, channels_last) and params.yaml's optimizer, lr
 schedule, batch size and augmentation (flip with left/right labels swapped, scale, rotation),
@@ -70,7 +71,7 @@ def _data(params: Params) -> tuple[SPDDataset, SPDDataset, int]:
     )
 
 
-def run_spd(params: Params, tasks: tuple[str, ...], budget: Budget, evals: int) -> dict:
+def run_spd(params: Params, tasks: tuple[str, ...], budget: Budget, args: argparse.Namespace) -> dict:
     train_ds, val_ds, k = _data(params)
     torch.manual_seed(params.train.seed)
     model_cfg = dataclasses.replace(params.model, tasks=tasks)
@@ -84,18 +85,29 @@ def run_spd(params: Params, tasks: tuple[str, ...], budget: Budget, evals: int) 
         budget,
         num_classes=k,
         tasks=tasks,
-        evals=evals,
+        evals=args.evals,
+        device=args.device,
+        loader_workers=args.loader_workers,
     )
     return _summary(f"SPD {'+'.join(tasks)}", result)
 
 
-def run_peer(params: Params, name: str, budget: Budget, evals: int) -> dict:
+def run_peer(params: Params, name: str, budget: Budget, args: argparse.Namespace) -> dict:
     train_ds, val_ds, k = _data(params)
     torch.manual_seed(params.train.seed)
     what = f"{budget.tflop:.0f} TFLOP" if budget.tflop else f"{budget.wall_s:.0f} s"
     print(f"{name} ({what})", flush=True)
     result = train_to_budget(
-        Peer(name, k), PeerLoss(), train_ds, val_ds, params.train, budget, num_classes=k, evals=evals
+        Peer(name, k),
+        PeerLoss(),
+        train_ds,
+        val_ds,
+        params.train,
+        budget,
+        num_classes=k,
+        evals=args.evals,
+        device=args.device,
+        loader_workers=args.loader_workers,
     )
     return _summary(name, result)
 
@@ -119,30 +131,32 @@ def main() -> None:
     ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--evals", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="e.g. cuda: bf16 where the device computes it")
+    ap.add_argument("--loader-workers", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench/results/peer.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = measured_peak()
+    peak = measured_peak(args.device)
     params = load_params(args.params)
     compute = Budget(tflop=args.budget)
     spd = [
-        run_spd(params, ("seg",), compute, args.evals),
-        run_spd(params, params.model.tasks, compute, args.evals),
+        run_spd(params, ("seg",), compute, args),
+        run_spd(params, params.model.tasks, compute, args),
     ]
     wall = Budget(wall_s=min(r["wall_s"] for r in spd))
     peers = []
     for name in args.peers:
-        at_compute = run_peer(params, name, compute, args.evals)
+        at_compute = run_peer(params, name, compute, args)
         at_wall = {**at_compute, "same_run": True}
         steps_at_wall = wall.wall_s / at_compute["wall_s"] * at_compute["steps"]
         if abs(steps_at_wall / at_compute["steps"] - 1) > 0.10:
-            at_wall = {**run_peer(params, name, wall, args.evals), "same_run": False}
+            at_wall = {**run_peer(params, name, wall, args), "same_run": False}
         peers.append({"model": name, "at_compute": at_compute, "at_wall": at_wall})
     out = Path(args.out)
     atomic_write_json(
         out,
         {
-            **machine_record(args.threads, peak),
+            **machine_record(args.threads, peak, args.device),
             "budget_tflop": args.budget,
             "wall_budget_s": wall.wall_s,
             "spd": spd,

@@ -144,9 +144,11 @@ def train_to_budget(
     fpi = train_flops_per_image(model, criterion, next(iter(loader)))
     model = model.to(device)
     if budget.tflop is not None:
-        steps = int(budget.tflop * 1e12 / (fpi * cfg.batch_size))
+        steps = max(1, int(budget.tflop * 1e12 / (fpi * cfg.batch_size)))
     else:
-        steps = int(budget.wall_s * _images_per_second(model, criterion, loader, device) / cfg.batch_size)
+        steps = max(
+            1, int(budget.wall_s * _images_per_second(model, criterion, loader, device) / cfg.batch_size)
+        )
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps, len(loader))
     val_loader = DataLoader(val_ds, batch_size=16)

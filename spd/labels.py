@@ -58,7 +58,7 @@ NUM_JOINTS = len(LIP_JOINTS)  # 16
 NUM_ATR_CLASSES = len(ATR_CLASSES)  # 18
 
 LABEL_SETS: dict[str, tuple[str, ...]] = {"lip": LIP_CLASSES, "atr": ATR_CLASSES}
-FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS}  # sided class pairs per label set
+FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS}  # (left, right) class pairs per label set
 
 
 def _permutation(n: int, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
