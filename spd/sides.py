@@ -2,8 +2,8 @@
 
 A person's left arm is on the image's right when they face the camera and on its left when seen
 from behind: the anatomical side is an XOR of facing (a cue at the head) and image side (a cue at
-the part). Without help the segmentation head stays at chance on it (README "Left and right are at
-chance"). With `facing_head` the head predicts sided parts in the *image frame* — the labels the
+the part). Without help the segmentation head stays at chance on it (README "Left and right: the
+facing head"). With `facing_head` the head predicts sided parts in the *image frame* — the labels the
 person would carry seen from behind, so a part on the image's left is "left" — and one logit per
 image says whether the person is mirrored (anatomical left on the image's right, i.e. facing the
 camera). The anatomical scores are the mixture of the two readings, weighted by that probability.
