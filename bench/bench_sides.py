@@ -41,9 +41,6 @@ from spd.model import build_model  # noqa: E402
 
 ARMS = {"without": ["model.facing_head=false"], "with": ["model.facing_head=true"]}
 METRICS = ("miou", "side_accuracy", "side_merged_miou", "sided_min_iou", "sided_miou")
-STATS = Thresholds(
-    confidence=0.95, power=0.8, mde_target=0.02, floor_miou=0.0, converge_epochs=3, converge_slope=0.005
-)
 
 
 def side_scores(final: dict, label_set: str) -> dict:
@@ -105,12 +102,13 @@ def _params_budget(params: object, model: torch.nn.Module, criterion: object, sp
     return params.train.epochs * len(split) * fpi / 1e12
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Per metric: each arm's mean and the paired difference (with - without) with its 95% CI."""
+def summarize(runs: list[dict], th: Thresholds) -> dict:
+    """Per metric: each arm's mean and the paired difference (with - without) with its CI at
+    params.yaml's ablation confidence (0.95)."""
     out = {}
     for metric in METRICS:
         arms = {a: {r["seed"]: r[metric] for r in runs if r["arm"] == a} for a in ARMS}
-        diff = difference(arms["with"], arms["without"], STATS)
+        diff = difference(arms["with"], arms["without"], th)
         out[metric] = {
             **{f"mean_{a}": float(np.mean(list(v.values()))) for a, v in arms.items()},
             "delta": diff.delta,
@@ -120,11 +118,11 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def write(path: Path, record: dict, runs: list[dict]) -> dict | None:
+def write(path: Path, record: dict, runs: list[dict], th: Thresholds) -> dict | None:
     """The runs so far (written after each, so an interrupted bench keeps them) and, once both arms
     have run, the summary."""
     done = {r["arm"] for r in runs}
-    summary = summarize(runs) if done == set(ARMS) else None
+    summary = summarize(runs, th) if done == set(ARMS) else None
     atomic_write_json(path, {**record, "runs": runs, "summary": summary})
     return summary
 
@@ -144,10 +142,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    th = Thresholds.of(load_params(args.params).ablation)  # the project's confidence level
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         record = {k: v for k, v in parts[0].items() if k not in ("runs", "summary")}
-        summary = write(out, {**record, "merged": args.merge}, [r for p in parts for r in p["runs"]])
+        summary = write(out, {**record, "merged": args.merge}, [r for p in parts for r in p["runs"]], th)
     else:
         torch.set_num_threads(args.threads)
         peak = measured_peak(args.device)
@@ -156,7 +155,7 @@ def main() -> None:
         for seed in args.seeds.split(","):
             for arm in args.arms.split(","):
                 runs.append(run_arm(arm, int(seed), args))
-                summary = write(out, record, runs)
+                summary = write(out, record, runs, th)
     for metric, s in (summary or {}).items():
         ci = f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]" if s["ci95"] else "(one seed: no CI)"
         print(
