@@ -3,12 +3,14 @@
     python bench/bench_learning.py                    # both recipes at params.yaml's budget
     python bench/bench_learning.py --budget 60 --evals 3
     python bench/bench_learning.py --device cuda --loader-workers 12   # minutes on one GPU
+    python bench/bench_learning.py --recipes previous --out a.json   # one recipe per process, then
+    python bench/bench_learning.py --merge a.json b.json             # put them together
 
 Both recipes train all of params.yaml's tasks on the same prepared data (`prepare.main.out`, run
 `dvc repro prepare` first) with the library's loop (bf16, channels_last, in-process, no Ray), and
 are evaluated on the same val split at `--evals` points of the same TFLOP budget. The previous
 recipe is params.yaml with PREVIOUS_RECIPE's overrides. Writes bench/results/learning.json and
-bench/results/learning.png, with the machine's measured bf16 peak.
+bench/results/learning.png (after each recipe), with the machine's measured peak.
 """
 
 from __future__ import annotations
@@ -22,14 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
+from budget import Budget, machine_record, measured_peak, read_result, train_spd  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
-from spd.data.dataset import SPDDataset  # noqa: E402
-from spd.data.packed import PackedSplit  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
-from spd.losses import SPDLoss  # noqa: E402
-from spd.model import build_model  # noqa: E402
 
 # The default recipe until stop 10: OS 8, 128-channel heads, AdamW 1e-3 with poly decay from the
 # first step, CE only, no facing head. It ended at val mIoU 0.29 after 20 epochs (~240 TFLOP).
@@ -43,25 +41,16 @@ PREVIOUS_RECIPE = [
     "train.warmup_epochs=0",
     "loss.seg_lovasz=0",
 ]
+RECIPES = {"previous": PREVIOUS_RECIPE, "current": []}
 
 
-def run_recipe(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
+def run_recipe(name: str, args: argparse.Namespace) -> dict:
+    overrides = RECIPES[name]
     params = load_params(args.params, overrides)
-    data = ROOT / params.prepare.main.out
-    train_split, val_split = PackedSplit(data / "train"), PackedSplit(data / "val")
-    torch.manual_seed(params.train.seed)
-    model = build_model(params.model, train_split.num_classes)
-    criterion = SPDLoss.from_config(params.model.tasks, params.loss)
     print(f"{name}: {' '.join(overrides) or 'params.yaml'}", flush=True)
-    result = train_to_budget(
-        model,
-        criterion,
-        SPDDataset(train_split, augment=params.train.augment),
-        SPDDataset(val_split),
-        params.train,
+    result = train_spd(
+        params,
         Budget(tflop=args.budget),
-        num_classes=train_split.num_classes,
-        tasks=params.model.tasks,
         evals=args.evals,
         device=args.device,
         loader_workers=args.loader_workers,
@@ -89,30 +78,43 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def write(out: Path, record: dict, results: list[dict]) -> None:
+    """The recipes run so far (written after each, so an interrupted bench keeps them) and the plot."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, out.with_suffix(".png"))
+    atomic_write_json(out, {**record, "results": results})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--budget", type=float, default=240.0, help="TFLOP per recipe")
+    ap.add_argument(
+        "--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES)
+    )
     ap.add_argument("--evals", type=int, default=4, help="evaluations along the budget")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu", help="e.g. cuda: bf16 where the device computes it")
     ap.add_argument("--loader-workers", type=int, default=0)
+    ap.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="only put these results (runs made apart) together"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    peak = measured_peak(args.device)
-    results = [run_recipe("previous", PREVIOUS_RECIPE, args), run_recipe("current", [], args)]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plot(results, out.with_suffix(".png"))
-    atomic_write_json(
-        out,
-        {
-            **machine_record(args.threads, peak, args.device),
-            "budget_tflop": args.budget,
-            "results": results,
-        },
-    )
+    if args.merge:
+        parts = [read_result(p) for p in args.merge]
+        record = {k: v for k, v in parts[0].items() if k != "results"}
+        results = [r for p in parts for r in p["results"]]
+        write(out, {**record, "merged": args.merge}, results)
+    else:
+        torch.set_num_threads(args.threads)
+        peak = measured_peak(args.device)
+        record = {**machine_record(args.threads, peak, args.device), "budget_tflop": args.budget}
+        results = []
+        for name in args.recipes.split(","):
+            results.append(run_recipe(name, args))
+            write(out, record, results)
     for r in results:
         print(
             f"{r['recipe']:>8}: val mIoU {r['val_miou']:.4f} at {r['curve'][-1]['tflop']:.0f} TFLOP, "

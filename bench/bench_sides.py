@@ -17,7 +17,6 @@ results of several runs (e.g. one process per seed on one GPU) together.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,17 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from budget import Budget, machine_record, measured_peak, train_to_budget  # noqa: E402
+from budget import Budget, machine_record, measured_peak, read_result, train_spd  # noqa: E402
 
 from pipeline.ablation_stats import Thresholds, difference  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from spd.data.dataset import SPDDataset  # noqa: E402
-from spd.data.packed import PackedSplit  # noqa: E402
 from spd.io import atomic_write_json  # noqa: E402
 from spd.labels import LABEL_SETS, class_flip_map  # noqa: E402
-from spd.losses import SPDLoss  # noqa: E402
 from spd.metrics import ConfusionMatrix  # noqa: E402
-from spd.model import build_model  # noqa: E402
 
 ARMS = {"without": ["model.facing_head=false"], "with": ["model.facing_head=true"]}
 METRICS = ("miou", "side_accuracy", "side_merged_miou", "sided_min_iou", "sided_miou")
@@ -62,44 +57,19 @@ def side_scores(final: dict, label_set: str) -> dict:
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     params = load_params(args.params, [*ARMS[arm], f"train.seed={seed}"])
-    data = ROOT / params.prepare.main.out
-    train_split, val_split = PackedSplit(data / "train"), PackedSplit(data / "val")
-    torch.manual_seed(seed)
-    model = build_model(params.model, train_split.num_classes)
-    criterion = SPDLoss.from_config(params.model.tasks, params.loss)
-    budget = args.budget or _params_budget(params, model, criterion, train_split)
-    print(f"{arm} facing head, seed {seed}: {budget:.1f} TFLOP", flush=True)
-    result = train_to_budget(
-        model,
-        criterion,
-        SPDDataset(train_split, augment=params.train.augment),
-        SPDDataset(val_split),
-        params.train,
-        Budget(tflop=budget),
-        num_classes=train_split.num_classes,
-        tasks=params.model.tasks,
-        evals=args.evals,
-        device=args.device,
-        loader_workers=args.loader_workers,
+    budget = Budget(tflop=args.budget) if args.budget else Budget(epochs=params.train.epochs)
+    print(f"{arm} facing head, seed {seed}: {budget}", flush=True)
+    result = train_spd(
+        params, budget, evals=args.evals, device=args.device, loader_workers=args.loader_workers
     )
     final = result.pop("final")
-    scores = side_scores(final, train_split.label_set)
+    scores = side_scores(final, result["label_set"])
     print(
         f"    val mIoU {scores['miou']:.4f}, side accuracy {scores['side_accuracy']:.3f}, "
         f"sided IoU {scores['sided_min_iou']:.3f}-{max(scores['sided_iou'].values()):.3f}",
         flush=True,
     )
-    return {"arm": arm, "seed": seed, "budget_tflop": budget, **result, **scores}
-
-
-def _params_budget(params: object, model: torch.nn.Module, criterion: object, split: PackedSplit) -> float:
-    """params.yaml's training compute: epochs x training images x FLOPs per image, in TFLOP."""
-    from spd.flops import train_flops_per_image
-
-    ds = SPDDataset(split)
-    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
-    fpi = train_flops_per_image(model, criterion, batch)
-    return params.train.epochs * len(split) * fpi / 1e12
+    return {"arm": arm, "seed": seed, "budget_tflop": result["curve"][-1]["tflop"], **result, **scores}
 
 
 def summarize(runs: list[dict], th: Thresholds) -> dict:
@@ -130,7 +100,9 @@ def write(path: Path, record: dict, runs: list[dict], th: Thresholds) -> dict | 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--budget", type=float, default=None, help="TFLOP per run (default: params.yaml's)")
+    ap.add_argument(
+        "--budget", type=float, default=None, help="TFLOP per run (default: params.yaml's train.epochs)"
+    )
     ap.add_argument("--seeds", default="0,1", help="comma-separated; both arms run each")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
     ap.add_argument("--evals", type=int, default=3, help="evaluations along the budget")
@@ -144,7 +116,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     th = Thresholds.of(load_params(args.params).ablation)  # the project's confidence level
     if args.merge:
-        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        parts = [read_result(p) for p in args.merge]
         record = {k: v for k, v in parts[0].items() if k not in ("runs", "summary")}
         summary = write(out, {**record, "merged": args.merge}, [r for p in parts for r in p["runs"]], th)
     else:

@@ -1,5 +1,6 @@
-"""Train a segmentation model to a fixed training compute (TFLOP) or wall time, with the library's
-own loop, and record val mIoU along the way: the yardstick shared by bench_learning and bench_peer.
+"""Train a segmentation model to a fixed training compute (TFLOP), number of epochs or optimizer
+steps with the library's own loop, and record val mIoU along the way: the yardstick shared by
+bench_learning, bench_peer and bench_sides.
 
 Compute is forward + backward FLOPs per image (`spd.flops.train_flops_per_image`) x images seen,
 so two recipes or two models are compared at the same work, whatever the machine's speed.
@@ -7,19 +8,29 @@ so two recipes or two models are compared at the same work, whatever the machine
 
 from __future__ import annotations
 
+import copy
+import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.config import Params
 from spd.config import TrainConfig
+from spd.data.dataset import SPDDataset
+from spd.data.packed import PackedSplit
 from spd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
 from spd.flops import train_flops_per_image
+from spd.losses import SPDLoss
+from spd.model import build_model
 from spd.precision import autocast_dtype
 
+ROOT = Path(__file__).resolve().parent.parent
 AMP = autocast_dtype("auto", "cpu")  # bf16 where the CPU computes it natively, else fp32
 
 
@@ -68,10 +79,84 @@ def machine_record(threads: int, peak: float, device: torch.device | str = "cpu"
     return record
 
 
+def read_result(path: str | Path) -> dict:
+    """An earlier bench output (to merge or resume); a missing or broken file ends the bench with
+    its name, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: cannot read {path}: {e}")
+
+
 @dataclass(frozen=True)
 class Budget:
-    tflop: float | None = None  # stop after this much training compute ...
-    wall_s: float | None = None  # ... or after about this long (steps estimated from a timed probe)
+    """How long a model trains: exactly one of training compute, epochs or optimizer steps."""
+
+    tflop: float | None = None
+    epochs: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if sum(v is not None for v in (self.tflop, self.epochs, self.steps)) != 1:
+            raise ValueError(f"a budget is one of tflop, epochs or steps, got {self!r}")
+
+    def __str__(self) -> str:
+        if self.tflop is not None:
+            return f"{self.tflop:g} TFLOP"
+        return f"{self.epochs:g} epochs" if self.epochs is not None else f"{self.steps} steps"
+
+    def steps_for(self, flops_per_image: float, batch_size: int, train_images: int) -> int:
+        """Optimizer steps this budget buys (at least one)."""
+        if self.steps is not None:
+            return max(1, self.steps)
+        images = self.tflop * 1e12 / flops_per_image if self.tflop is not None else self.epochs * train_images
+        return max(1, int(images / batch_size))
+
+
+@dataclass(frozen=True)
+class Data:
+    """The prepared data every bench trains and scores on: params' `prepare.main.out`."""
+
+    train: SPDDataset
+    val: SPDDataset
+    num_classes: int
+    label_set: str
+
+    @classmethod
+    def of(cls, params: Params) -> Data:
+        root = ROOT / params.prepare.main.out
+        train, val = PackedSplit(root / "train"), PackedSplit(root / "val")
+        return cls(
+            SPDDataset(train, augment=params.train.augment),
+            SPDDataset(val),
+            train.num_classes,
+            train.label_set,
+        )
+
+
+def spd_model(params: Params, data: Data) -> tuple[nn.Module, nn.Module]:
+    """SPD and its loss as params describe them, initialised from `train.seed`."""
+    torch.manual_seed(params.train.seed)
+    return build_model(params.model, data.num_classes), SPDLoss.from_config(params.model.tasks, params.loss)
+
+
+def train_spd(params: Params, budget: Budget, **kwargs) -> dict:
+    """`train_to_budget` for SPD as params describe it (model, tasks, loss, train, seed)."""
+    data = Data.of(params)
+    model, criterion = spd_model(params, data)
+    return train_to_budget(model, criterion, data, params.train, budget, tasks=params.model.tasks, **kwargs)
+
+
+def _loader(train_ds: Dataset, cfg: TrainConfig, loader_workers: int) -> DataLoader:
+    return DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=loader_workers,
+        persistent_workers=loader_workers > 0,
+    )
 
 
 def _batches(loader: DataLoader, steps: int) -> Iterator[dict]:
@@ -85,22 +170,27 @@ def _batches(loader: DataLoader, steps: int) -> Iterator[dict]:
             yield batch
 
 
-def _images_per_second(
-    model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, steps: int = 6
+def images_per_second(
+    model: nn.Module,
+    criterion: nn.Module,
+    data: Data,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    steps: int = 6,
 ) -> float:
-    """Training throughput from a short probe on a copy (the trained model is untouched)."""
-    import copy
-
-    probe = copy.deepcopy(model)
+    """Training throughput (steps on pre-loaded batches: data loading, the same for every model, is
+    left out) from a short probe on a copy; the model is untouched."""
+    device = torch.device(device)
+    probe = copy.deepcopy(model).to(memory_format=torch.channels_last).to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
-    batches = list(_batches(loader, steps + 1))
+    batches = list(_batches(_loader(data.train, cfg, 0), steps + 1))
     amp = autocast_dtype("auto", device)
     train_one_epoch(probe, criterion, opt, None, batches[:1], device, autocast_dtype=amp, channels_last=True)
     _synchronize(device)
     start = time.perf_counter()
     train_one_epoch(probe, criterion, opt, None, batches[1:], device, autocast_dtype=amp, channels_last=True)
     _synchronize(device)
-    return steps * loader.batch_size / (time.perf_counter() - start)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -111,12 +201,10 @@ def _synchronize(device: torch.device) -> None:
 def train_to_budget(
     model: nn.Module,
     criterion: nn.Module,
-    train_ds: Dataset,
-    val_ds: Dataset,
+    data: Data,
     cfg: TrainConfig,
     budget: Budget,
     *,
-    num_classes: int,
     tasks: tuple[str, ...] = ("seg",),
     evals: int = 4,
     device: torch.device | str = "cpu",
@@ -125,33 +213,19 @@ def train_to_budget(
     """Train `model` with `cfg`'s optimizer and schedule until `budget`; evaluate `evals` times.
 
     Returns {gflop_per_image, steps, images, epochs, curve: [{tflop, wall_s, val_miou}], final
-    metrics of `spd.engine.evaluate`}. The lr schedule ends exactly at the budget. bf16 autocast
-    where `device` computes it natively (params' `bf16: auto`).
+    metrics of `spd.engine.evaluate`, label_set}. The lr schedule ends exactly at the budget. bf16
+    autocast where `device` computes it natively (params' `bf16: auto`).
     """
     device = torch.device(device)
     amp = autocast_dtype("auto", device)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=g,
-        num_workers=loader_workers,
-        persistent_workers=loader_workers > 0,
-    )
+    loader = _loader(data.train, cfg, loader_workers)
     model = model.to(memory_format=torch.channels_last)
     fpi = train_flops_per_image(model, criterion, next(iter(loader)))
     model = model.to(device)
-    if budget.tflop is not None:
-        steps = max(1, int(budget.tflop * 1e12 / (fpi * cfg.batch_size)))
-    else:
-        steps = max(
-            1, int(budget.wall_s * _images_per_second(model, criterion, loader, device) / cfg.batch_size)
-        )
+    steps = budget.steps_for(fpi, cfg.batch_size, len(data.train))
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps, len(loader))
-    val_loader = DataLoader(val_ds, batch_size=16)
+    val_loader = DataLoader(data.val, batch_size=16)
     marks = sorted({max(1, steps * (i + 1) // evals) for i in range(evals)})
     batches, curve, done, train_s = _batches(loader, steps), [], 0, 0.0
     for mark in marks:
@@ -167,7 +241,7 @@ def train_to_budget(
             model,
             val_loader,
             device,
-            num_classes=num_classes,
+            num_classes=data.num_classes,
             tasks=tasks,
             autocast_dtype=amp,
             channels_last=True,
@@ -179,7 +253,8 @@ def train_to_budget(
         "gflop_per_image": fpi / 1e9,
         "steps": steps,
         "images": steps * cfg.batch_size,
-        "epochs": steps * cfg.batch_size / len(train_ds),
+        "epochs": steps * cfg.batch_size / len(data.train),
         "curve": curve,
         "final": metrics,
+        "label_set": data.label_set,
     }
