@@ -99,6 +99,9 @@ def main() -> None:
     ap.add_argument(
         "--merge", nargs="+", metavar="JSON", help="only put these results (runs made apart) together"
     )
+    ap.add_argument(
+        "--machine-from", metavar="JSON", help="the machine and peak of this earlier output (measured alone)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -109,8 +112,11 @@ def main() -> None:
         write(out, {**record, "merged": args.merge}, results)
     else:
         torch.set_num_threads(args.threads)
-        peak = measured_peak(args.device)
-        record = {**machine_record(args.threads, peak, args.device), "budget_tflop": args.budget}
+        if args.machine_from:
+            machine = {k: read_result(args.machine_from)[k] for k in ("machine", "precision", "peak_gflops")}
+        else:
+            machine = machine_record(args.threads, measured_peak(args.device), args.device)
+        record = {**machine, "budget_tflop": args.budget}
         results = []
         for name in args.recipes.split(","):
             results.append(run_recipe(name, args))
