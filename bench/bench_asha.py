@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_trials=args.trials,
                     out_dir=str(work / "out"),
                     storage_path=str(work / "ray_results"),
+                    check_seeds=(),  # the seed check re-trains the winner: not what ASHA is compared on
                 ),
                 mlflow=replace(base.mlflow, tracking_uri=f"sqlite:///{work / 'mlflow.db'}"),
             )

@@ -105,6 +105,7 @@ class TuneConfig:
     workers_per_trial: int
     cpus_per_worker: float
     seed: int
+    check_seeds: tuple[int, ...]  # the best λ and λ = 1 re-trained on these (tuning/seed_check.py)
     out_dir: str  # best_params.yaml, trials.csv, lambda_miou.png
     storage_path: str  # Tune + trial runs; shared FS or s3:// URI on a cluster
 
@@ -245,6 +246,14 @@ def _cross_field_checks(p: Params) -> None:
             fail(f"ablation.task_sets[{i}]", f"expected tasks joined by '+' including seg, got {ts!r}")
     if p.tune.grace_period > p.tune.epochs:
         fail("tune.grace_period", f"must be <= tune.epochs ({p.tune.epochs})")
+    if len(set(p.tune.check_seeds)) != len(p.tune.check_seeds):
+        fail("tune.check_seeds", f"lists a seed twice: {list(p.tune.check_seeds)}")
+    if p.train.seed in p.tune.check_seeds:
+        fail(
+            "tune.check_seeds",
+            f"must not include train.seed ({p.train.seed}), the seed every search trial trains with: "
+            "the check re-trains on fresh seeds",
+        )
     if not p.ablation.seeds:
         fail("ablation.seeds", "expected at least one seed")
     for key, values in (("ablation.task_sets", p.ablation.task_sets), ("ablation.seeds", p.ablation.seeds)):

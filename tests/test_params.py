@@ -27,6 +27,8 @@ def _spd(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (lambda p: p["prepare"].update(bad_data="ignore"), "prepare.bad_data"),
         (lambda p: p["synth"]["cross"].update(cuont=3), "synth.cross.cuont"),
         (lambda p: p["loss"].update(lambda_seg=-1), "loss.lambda_seg"),
+        # the seed check needs seeds no search trial trained with (train.seed is 0)
+        (lambda p: p["tune"].update(check_seeds=[0, 1]), "tune.check_seeds"),
     ],
 )
 def test_a_bad_params_file_names_the_key(tmp_path: Path, project_root: Path, edit, key: str) -> None:

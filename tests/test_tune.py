@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.config import apply_overrides, apply_tuning_results, params_from_dict, read_params_file
 from spd.config import ConfigError
+from tuning import seed_check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +141,7 @@ def _mlflow_runs(tmp_path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
+def test_search_stops_bad_trials_checks_the_best_on_fresh_seeds_logs_each_once_and_feeds_train(
     ray_local: str, prepared_tiny: Path, tmp_path: Path
 ):
     # 4 trials, 2 at a time (2 CPUs / 1 worker x 1 CPU each). ASHA (grace 1, reduction factor 2,
@@ -165,6 +166,7 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
         "tune.lr=[0.000001, 0.03]",
         "tune.seed=0",
         "tune.max_failures=1",
+        "tune.check_seeds=[1, 2]",
     )
     # Interrupt the search (Ctrl-C) once its first trial has ended, then run it again: it continues.
     proc = _spd_tune_background(params_file)
@@ -199,6 +201,16 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
     assert best["lambda_pose"] == pytest.approx(float(best_row["lambda_pose"]), rel=1e-5)
     assert (out / "lambda_miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The seed check: the best λ and λ = 1 re-trained on seeds 1 and 2, compared seed by seed.
+    check = best["seed_check"]
+    assert check["seeds"] == [1, 2]
+    assert set(check["best"]) == set(check["baseline"]) == {1, 2}
+    gains = [check["best"][s] - check["baseline"][s] for s in (1, 2)]
+    assert check["delta"] == pytest.approx(sum(gains) / 2)
+    assert check["ci"][0] <= check["delta"] <= check["ci"][1]
+    assert check["verdict"] in (seed_check.GAIN, seed_check.LOSS, seed_check.NOISE)
+    assert f"spd tune: seed check: {check['verdict']}: " in res.stdout
+
     # best_params.yaml loads into the train config through the loss.from_tuning switch.
     raw = read_params_file(params_file)
     train_params = apply_tuning_results(
@@ -213,7 +225,21 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.data.tags for r in runs]
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(nested) == 4 and len(runs) == 5
+    assert len(nested) == 8 and len(runs) == 9  # 4 trials and 4 seed-check runs
+    checks = [r for r in nested if "spd.tune.check" in r.data.tags]
+    assert sorted((r.data.tags["spd.tune.check"], r.data.params["seed"]) for r in checks) == [
+        ("baseline", "1"),
+        ("baseline", "2"),
+        ("best", "1"),
+        ("best", "2"),
+    ]
+    for run in checks:
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert max(m.value for m in history) == pytest.approx(
+            check[run.data.tags["spd.tune.check"]][int(run.data.params["seed"])], abs=1e-6
+        )
+    nested = [r for r in nested if "spd.tune.check" not in r.data.tags]
     by_trial = {r.data.tags["spd.tune.trial_id"]: r for r in nested}
     assert set(by_trial) == {r["trial_id"] for r in rows}
     assert first in by_trial  # the trial that ended before the interruption was kept, not re-run
@@ -236,7 +262,7 @@ def test_search_stops_bad_trials_logs_each_once_and_feeds_train(
     assert "continuing search tiny-search" in res.stdout
     assert (out / "best_params.yaml").read_text() == before
     runs, _ = _mlflow_runs(tmp_path)
-    assert len(runs) == 5
+    assert len(runs) == 9
 
 
 def test_concurrent_trials_follow_the_resources_each_trial_needs():

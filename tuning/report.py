@@ -13,6 +13,7 @@ import yaml
 from pipeline.config import Params
 from spd.io import atomic_write_bytes, atomic_write_text
 from tuning.search import METRIC, STATUS_FAILED, TrialOutcome, trial_status
+from tuning.seed_check import SeedCheck
 
 TRIALS_COLUMNS = (
     "trial_id",
@@ -89,8 +90,11 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_search_metrics(path: Path, best: TrialOutcome, outcomes: list[TrialOutcome]) -> None:
-    """The best trial's numbers and the trial counts, for `dvc metrics show` (numbers only)."""
+def write_search_metrics(
+    path: Path, best: TrialOutcome, outcomes: list[TrialOutcome], check: SeedCheck | None = None
+) -> None:
+    """The best trial's numbers, the trial counts and the seed check's paired gain with its CI,
+    for `dvc metrics show` (numbers only)."""
     from spd.io import atomic_write_json
 
     doc: dict[str, float | int] = {
@@ -102,11 +106,18 @@ def write_search_metrics(path: Path, best: TrialOutcome, outcomes: list[TrialOut
         doc["best_lr"] = best.lr
     for status in sorted({o.status for o in outcomes}):
         doc[f"trials_{status}"] = sum(o.status == status for o in outcomes)
+    if check is not None and check.delta is not None:
+        doc["seed_check_gain"] = check.delta
+        if check.ci is not None:
+            doc["seed_check_ci_low"], doc["seed_check_ci_high"] = check.ci
     atomic_write_json(path, doc)
 
 
-def write_best_params(path: Path, best: TrialOutcome, params: Params, metric: str) -> None:
-    """The file `loss.from_tuning` reads (pipeline.config.apply_tuning_results): λ relative to λs."""
+def write_best_params(
+    path: Path, best: TrialOutcome, params: Params, metric: str, check: SeedCheck | None = None
+) -> None:
+    """The file `loss.from_tuning` reads (pipeline.config.apply_tuning_results): λ relative to λs;
+    and the seed check: is the best λ's gain over λ = 1 beyond seed noise?"""
     doc: dict[str, Any] = {
         "lambda_pose": float(best.lambda_pose),
         "lambda_densepose": float(best.lambda_densepose),
@@ -123,11 +134,18 @@ def write_best_params(path: Path, best: TrialOutcome, params: Params, metric: st
             "lambda_seg": params.loss.lambda_seg,
         }
     )
+    if check is not None:
+        doc["seed_check"] = check.as_dict()
     header = (
         f"# Best λ of the search {params.tune.name!r} (`spd tune`). λp and λd are relative to λs:\n"
         "# with loss.from_tuning: true, train uses λp = lambda_seg * lambda_pose (likewise λd),\n"
         "# and lr when the search sampled it.\n"
     )
+    if check is not None:
+        header += (
+            f"# seed_check: the best λ and λ = 1 re-trained on seeds {check.seeds} (tuning/seed_check.py):\n"
+            f"# {check.verdict} — {check.reason}.\n"
+        )
     atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
 
 

@@ -87,7 +87,8 @@ def max_concurrent_trials(cfg: TuneConfig, cluster: dict[str, float], use_gpu: b
 
 
 def trial_params(params: Params, config: dict[str, Any]) -> Params:
-    """The training params of one trial: sampled λ (and lr), the tune section's budget and resources.
+    """The training params of one trial: sampled λ (and lr), the tune section's budget and resources
+    (and, for a seed-check run, its seed).
 
     λ values in `config` are relative to λs. A trial never reads tuning results itself
     (`loss.from_tuning` off): it is what produces them.
@@ -106,6 +107,7 @@ def trial_params(params: Params, config: dict[str, Any]) -> Params:
         cpus_per_worker=params.tune.cpus_per_worker,
         batch_size=max(params.train.batch_size, params.tune.workers_per_trial),
         lr=float(config["lr"]) if "lr" in config else params.train.lr,
+        seed=int(config["seed"]) if "seed" in config else params.train.seed,  # the seed check's runs
         val_every=1,  # ASHA decides on every epoch's val mIoU
         fault_at_epoch=None,
     )
@@ -156,6 +158,7 @@ TAG_SEARCH = "spd.tune.search"  # tune.name, on the parent and every nested run
 TAG_SEARCH_PATH = "spd.tune.path"  # the Tune experiment directory (a name reused elsewhere is another search)
 TAG_TRIAL = "spd.tune.trial_id"
 TAG_STATUS = "spd.tune.status"
+TAG_CHECK = "spd.tune.check"  # best | baseline on the seed check's runs
 TAG_PARENT = "mlflow.parentRunId"
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to each result by TuneReportCallback
@@ -224,9 +227,15 @@ def end_parent_run(uri: str, run_id: str, status: str) -> None:
 
 
 def finish_parent_run(
-    uri: str, run_id: str, best: TrialOutcome, outcomes: list[TrialOutcome], artifacts: list[Any]
+    uri: str,
+    run_id: str,
+    best: TrialOutcome,
+    outcomes: list[TrialOutcome],
+    artifacts: list[Any],
+    seed_check: dict | None = None,
 ) -> None:
-    """The search's summary on its parent run: the best trial, status counts, the output files."""
+    """The search's summary on its parent run: the best trial, status counts, the seed check's
+    paired gain and verdict, the output files."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -239,6 +248,10 @@ def finish_parent_run(
     for status in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED):
         client.log_metric(run_id, f"trials_{status}", float(sum(o.status == status for o in outcomes)))
     client.set_tag(run_id, "spd.tune.best_trial", best.trial_id)
+    if seed_check is not None:
+        client.set_tag(run_id, "spd.tune.seed_check", seed_check["verdict"])
+        if seed_check["delta"] is not None:
+            client.log_metric(run_id, "seed_check_gain", seed_check["delta"])
     for path in artifacts:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status="FINISHED")
@@ -307,12 +320,14 @@ class MlflowTrialCallback(Callback):
 
     def _create_run(self, trial: Any) -> str:
         cfg = trial.config
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial.trial_id}",
-            tags={TAG_PARENT: self.parent_run_id, TAG_SEARCH: self.search, TAG_TRIAL: trial.trial_id},
-        )
+        tags = {TAG_PARENT: self.parent_run_id, TAG_SEARCH: self.search, TAG_TRIAL: trial.trial_id}
+        if "check" in cfg:  # a seed-check run (tuning/seed_check.py): its arm and seed
+            tags[TAG_CHECK] = cfg["check"]
+        name = f"check-{cfg['check']}-s{cfg['seed']}" if "check" in cfg else f"trial-{trial.trial_id}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
+        if "seed" in cfg:
+            self.client.log_param(run_id, "seed", cfg["seed"])
         self.client.log_param(run_id, "lambda_pose_rel", cfg["lambda_pose"])
         self.client.log_param(run_id, "lambda_densepose_rel", cfg["lambda_densepose"])
         self.client.log_param(run_id, "lambda_seg", self.lambda_seg)

@@ -25,6 +25,7 @@ from spd.errors import SpdError
 
 if TYPE_CHECKING:
     from tuning.search import TrialOutcome
+    from tuning.seed_check import SeedCheck
 
 SEARCH_STATE = "spd_search.json"  # beside Tune's state: what the search was started with
 WORKER_START_TIMEOUT_S = 600
@@ -69,7 +70,7 @@ def search_fingerprint(params: Params, data_dir: Path) -> str:
     tune = {
         k: v
         for k, v in params_to_dict(params.tune).items()
-        if k not in ("max_concurrent", "max_failures", "out_dir", "storage_path", "name")
+        if k not in ("max_concurrent", "max_failures", "out_dir", "storage_path", "name", "check_seeds")
     }
     train = train_state.weights_train_config(params)
     loss = {"lambda_seg": params.loss.lambda_seg, "heatmap_sigma": params.loss.heatmap_sigma}
@@ -82,8 +83,9 @@ def search_fingerprint(params: Params, data_dir: Path) -> str:
 class SearchOutcome:
     trials: list[TrialOutcome]  # one per trial, in Tune's order
     best: TrialOutcome | None  # None when interrupted
-    interrupted: bool  # some trials still to run: the outputs were not written
+    interrupted: bool  # some trials (or seed-check runs) still to run: the outputs were not written
     best_params_path: Path | None
+    seed_check: SeedCheck | None = None  # None: interrupted, or tune.check_seeds is empty
 
 
 def run_trial(config: dict[str, Any], base_params: Params, project_root: str, train_storage: str) -> None:
@@ -133,8 +135,8 @@ def run_search(
     exp_dir = f"{storage}/{tc.name}"
     fingerprint = search_fingerprint(params, data_dir)
     if fresh:  # a directory or an s3:// prefix
-        remove_tree(exp_dir)
-        remove_tree(f"{storage}/{tc.name}-trials")
+        for suffix in ("", "-trials", "-check", "-check-trials"):
+            remove_tree(f"{exp_dir}{suffix}")
 
     uri = runtime.tracking_uri(params.mlflow, root)
     runtime.check_tracking_reachable(uri)
@@ -147,15 +149,7 @@ def run_search(
     experiment_id, parent_run_id = search.open_parent_run(
         uri, params.mlflow.experiment, tc.name, exp_dir, params, fresh=not resuming
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial,
-            base_params=params,
-            project_root=str(root),
-            train_storage=f"{storage}/{tc.name}-trials",
-        ),
-        search.driver_resources(),
-    )
+    trainable = _trainable(params, root, f"{exp_dir}-trials")
     if resuming:
         print(f"spd tune: continuing search {tc.name} from {exp_dir}")
         tuner = tune.Tuner.restore(
@@ -164,17 +158,7 @@ def run_search(
     else:
         # A stopped trial's placement group is freed by Ray Train's own PlacementGroupCleaner
         # (it needs the dashboard's state API, which runtime.init_ray starts).
-        callbacks = [
-            search.MlflowTrialCallback(
-                uri,
-                experiment_id,
-                parent_run_id,
-                tc.name,
-                params.loss.lambda_seg,
-                tc.epochs,
-                storage_filesystem=storage_fs,
-            ),
-        ]
+        callbacks = [_mlflow_callback(params, uri, experiment_id, parent_run_id, storage_fs)]
         tuner = _new_tuner(params, trainable, storage, callbacks, early_stopping)
         _write_search_state(exp_dir, fingerprint, tc.name)
 
@@ -183,7 +167,35 @@ def run_search(
     except BaseException:
         search.end_parent_run(uri, parent_run_id, "KILLED")
         raise
-    return _write_outputs(params, root, exp_dir, uri, parent_run_id)
+    return _finish(params, root, exp_dir, uri, experiment_id, parent_run_id)
+
+
+def _trainable(params: Params, root: Path, train_storage: str) -> Any:
+    """The trial driver with its fixed arguments and resources (search and seed check alike)."""
+    from ray import tune
+
+    from tuning import search
+
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial, base_params=params, project_root=str(root), train_storage=train_storage
+        ),
+        search.driver_resources(),
+    )
+
+
+def _mlflow_callback(params: Params, uri: str, experiment_id: str, parent_run_id: str, fs: Any) -> Any:
+    from tuning import search
+
+    return search.MlflowTrialCallback(
+        uri,
+        experiment_id,
+        parent_run_id,
+        params.tune.name,
+        params.loss.lambda_seg,
+        params.tune.epochs,
+        storage_filesystem=fs,
+    )
 
 
 def _new_tuner(params: Params, trainable: Any, storage: str, callbacks: list, early_stopping: bool) -> Any:
@@ -232,41 +244,146 @@ def _new_tuner(params: Params, trainable: Any, storage: str, callbacks: list, ea
     )
 
 
-def _write_outputs(params: Params, root: Path, exp_dir: str, uri: str, parent_run_id: str) -> SearchOutcome:
-    """trials.csv, best_params.yaml and the plot once every trial is done; the parent run's summary."""
+def _outcomes(exp_dir: str, target_epochs: int) -> list[TrialOutcome]:
+    """Every trial of the Tune experiment at `exp_dir`, from its saved state, not the in-memory
+    trials: after a Ctrl-C Tune's clean-up marks the trials it stops as terminated, while the
+    state records them as still to be run."""
+    from tuning import report
+
+    return [report.outcome_of(t, target_epochs) for t in _trials(exp_dir)]
+
+
+def _trials(exp_dir: str) -> list[Any]:
     from ray import tune
 
+    exp_path, storage_fs = ray_storage(exp_dir)
+    return tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials
+
+
+def _finish(
+    params: Params, root: Path, exp_dir: str, uri: str, experiment_id: str, parent_run_id: str
+) -> SearchOutcome:
+    """Once every trial is done: the seed check, then trials.csv, best_params.yaml, the plot and
+    the parent run's summary (nothing is written while either is unfinished)."""
     from tuning import report, search
 
     tc = params.tune
-    # The saved experiment state, not the in-memory trials: after a Ctrl-C Tune's clean-up marks
-    # the trials it stops as terminated, while the state records them as still to be run.
-    exp_path, storage_fs = ray_storage(exp_dir)
-    trials = tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials
-    outcomes = [report.outcome_of(t, tc.epochs) for t in trials]
+    outcomes = _outcomes(exp_dir, tc.epochs)
     if any(o.status == search.STATUS_UNFINISHED for o in outcomes):
         search.end_parent_run(uri, parent_run_id, "KILLED")
         return SearchOutcome(outcomes, None, True, None)
 
     out_dir = Path(runtime.resolve_path(root, tc.out_dir))
-    report.write_trials_csv(out_dir / "trials.csv", outcomes)
     best = search.best_outcome(outcomes)
     if best is None:
+        report.write_trials_csv(out_dir / "trials.csv", outcomes)
         search.end_parent_run(uri, parent_run_id, "FAILED")
         raise SpdError(
             f"search {tc.name}: no trial reported {search.METRIC} (all {len(outcomes)} failed; "
             f"see {out_dir / 'trials.csv'} and the error files under {exp_dir})"
         )
+    check = None
+    if tc.check_seeds:
+        try:
+            check = _seed_check(params, root, f"{exp_dir}-check", best, uri, experiment_id, parent_run_id)
+        except BaseException:
+            search.end_parent_run(uri, parent_run_id, "KILLED")
+            raise
+        if check is None:
+            search.end_parent_run(uri, parent_run_id, "KILLED")
+            return SearchOutcome(outcomes, None, True, None)
+
+    report.write_trials_csv(out_dir / "trials.csv", outcomes)
     best_path = out_dir / "best_params.yaml"
-    report.write_best_params(best_path, best, params, search.METRIC)
+    report.write_best_params(best_path, best, params, search.METRIC, check)
     report.plot_lambda_miou(
         out_dir / "lambda_miou.png", outcomes, best, (tc.lambda_pose, tc.lambda_densepose)
     )
-    report.write_search_metrics(root / runtime.METRICS_DIR / "search.json", best, outcomes)
+    report.write_search_metrics(root / runtime.METRICS_DIR / "search.json", best, outcomes, check)
     search.finish_parent_run(
-        uri, parent_run_id, best, outcomes, [best_path, out_dir / "trials.csv", out_dir / "lambda_miou.png"]
+        uri,
+        parent_run_id,
+        best,
+        outcomes,
+        [best_path, out_dir / "trials.csv", out_dir / "lambda_miou.png"],
+        check.as_dict() if check else None,
     )
-    return SearchOutcome(outcomes, best, False, best_path)
+    return SearchOutcome(outcomes, best, False, best_path, check)
+
+
+def _seed_check(
+    params: Params,
+    root: Path,
+    exp_dir: str,
+    best: TrialOutcome,
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+) -> SeedCheck | None:
+    """Re-train the best λ and λ = 1 on tune.check_seeds (tuning/seed_check.py); None when
+    interrupted (the next run continues it)."""
+    from ray import tune
+
+    from pipeline.ablation_stats import Thresholds
+    from tuning import report, search, seed_check
+
+    tc = params.tune
+    exp_path, storage_fs = ray_storage(exp_dir)
+    trainable = _trainable(params, root, f"{exp_dir}-trials")
+    if seed_check.prepare_experiment(exp_dir, best, tc.check_seeds):
+        print(f"spd tune: continuing the seed check from {exp_dir}")
+        tuner = tune.Tuner.restore(
+            exp_path, trainable=trainable, resume_unfinished=True, storage_filesystem=storage_fs
+        )
+    else:
+        configs = seed_check.arm_configs(best, tc.check_seeds)
+        callback = _mlflow_callback(params, uri, experiment_id, parent_run_id, storage_fs)
+        tuner = _new_check_tuner(params, trainable, exp_dir, configs, callback)
+    tuner.fit()
+    arms: dict[str, dict[int, float]] = {seed_check.BEST: {}, seed_check.BASELINE: {}}
+    for trial in _trials(exp_dir):
+        outcome = report.outcome_of(trial, tc.epochs)
+        if outcome.status == search.STATUS_UNFINISHED:
+            return None
+        if outcome.status == search.STATUS_COMPLETED and outcome.best_val_miou is not None:
+            arms[trial.config["check"]][int(trial.config["seed"])] = outcome.best_val_miou
+    th = Thresholds.of(params.ablation)
+    check = seed_check.judge(tc.check_seeds, arms[seed_check.BEST], arms[seed_check.BASELINE], th)
+    print(f"spd tune: seed check: {check.verdict}: {check.reason}")
+    return check
+
+
+def _new_check_tuner(params: Params, trainable: Any, exp_dir: str, configs: list[dict], callback: Any) -> Any:
+    """A Tuner running each of `configs` once to tune.epochs (FIFO), as many at a time as fit."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuning import search
+
+    tc = params.tune
+    print(f"spd tune: seed check: best λ and λ = 1 on seeds {list(tc.check_seeds)} ({len(configs)} runs)")
+    # One grid point per run; each key looked up from its run's config keeps the configs flat, as
+    # the trial driver and the MLflow callback read them.
+    space: dict[str, Any] = {"run": tune.grid_search(list(range(len(configs))))}
+    for key in configs[0]:
+        space[key] = tune.sample_from(lambda spec, key=key: configs[spec.config.run][key])
+    storage, name = exp_dir.rsplit("/", 1)
+    storage_path, storage_fs = ray_storage(storage)
+    concurrency = search.max_concurrent_trials(tc, ray.cluster_resources(), params.train.use_gpu)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=tune.FailureConfig(max_failures=tc.max_failures),
+            callbacks=[callback],
+            verbose=1,
+        ),
+    )
 
 
 def _write_search_state(exp_dir: str, fingerprint: str, name: str) -> None:
