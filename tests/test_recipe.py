@@ -101,6 +101,34 @@ def test_training_flops_count_forward_and_backward_and_leave_the_model_untouched
     assert all(p.grad is None for p in model.parameters())
 
 
+def _depthwise_step_flops(custom_mapping: dict | None) -> tuple[int, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        conv(x)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False, custom_mapping=custom_mapping or {}) as counter:
+        conv(x).sum().backward()
+    return forward, counter.get_total_flops()
+
+
+def test_a_depthwise_convolution_costs_three_forwards_per_training_step() -> None:
+    # MobileNet peers (bench_peer) are compared with SPD at the same counted compute
+    from spd.flops import CONV_BACKWARD_FIX
+
+    forward, step = _depthwise_step_flops(CONV_BACKWARD_FIX)
+    assert step == 3 * forward  # forward + grad_input + grad_weight
+
+
+def test_torch_still_miscounts_grouped_conv_backward_so_spd_flops_keeps_its_fix() -> None:
+    # torch's formula counts a grouped conv's grad_weight as dense (16 groups: 16x). When this
+    # fails, torch counts it right: drop CONV_BACKWARD_FIX from spd/flops.py.
+    forward, step = _depthwise_step_flops(None)
+    assert step == (1 + 1 + 16) * forward
+
+
 def test_auto_precision_uses_bf16_only_on_cpus_that_compute_it_natively(tmp_path):
     zen3 = tmp_path / "zen3"
     zen3.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
