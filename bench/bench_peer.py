@@ -180,17 +180,21 @@ def write(out: Path, record: dict, results: dict) -> None:
     atomic_write_json(out, {**record, "results": results, "table": rows, "verdict": verdict(rows)})
 
 
+def _record(output: dict) -> dict:
+    """An output without its results: the machine and the plan."""
+    return {k: v for k, v in output.items() if k not in ("results", "table", "verdict")}
+
+
 def start(args: argparse.Namespace, params: Params, out: Path) -> tuple[dict, dict]:
     """The record (machine, plan) and the results so far: --plan's plan or --out's (resuming it),
     else a new plan probed now."""
-    earlier = read_result(args.plan) if args.plan else read_result(out) if out.exists() else None
-    if earlier and not args.plan and earlier["plan"]["budget_tflop"] != args.budget:
-        earlier = None  # another budget: a new plan (the file is replaced)
-    if earlier:
-        record = {k: v for k, v in earlier.items() if k not in ("results", "table", "verdict")}
-        previous = read_result(out) if out.exists() else {}
-        return record, previous.get("results", {}) if previous.get("plan") == record["plan"] else {}
-    peak = measured_peak(args.device)
+    previous = read_result(out) if out.exists() else None
+    earlier = read_result(args.plan) if args.plan else previous
+    if earlier and (args.plan or earlier["plan"]["budget_tflop"] == args.budget):
+        record = _record(earlier)
+        same_plan = previous is not None and previous.get("plan") == record["plan"]
+        return record, previous["results"] if same_plan else {}
+    peak = measured_peak(args.device)  # no earlier output, or another budget: a new plan
     plan = make_plan(params, contenders(params, args.peers), args.budget, args.device)
     return {**machine_record(args.threads, peak, args.device), "plan": plan}, {}
 
@@ -216,8 +220,8 @@ def main() -> None:
     params = load_params(args.params)
     if args.merge:
         parts = [read_result(p) for p in args.merge]
-        record = {k: v for k, v in parts[0].items() if k not in ("results", "table", "verdict")}
-        results = {k: v for p in parts for k, v in p["results"].items()}
+        record, results = _record(parts[0]), {k: v for p in parts for k, v in p["results"].items()}
+        write(out, record, results)
     else:
         record, results = start(args, params, out)
         jobs = record["plan"]["jobs"]
@@ -230,7 +234,6 @@ def main() -> None:
             if key not in results:
                 results[key] = run_job(key, jobs[key], params, args)
                 write(out, record, results)
-    write(out, record, results)
     rows = table(record["plan"], results)
     print(f"{'model':30} {'budget':8} {'TFLOP':>6} {'wall s':>7} {'val mIoU':>8}")
     for r in rows:

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.ablation_stats import Thresholds, difference
-from pipeline.config import Params
 from pipeline.storage import ray_storage, read_text, remove_tree, write_text
 
 if TYPE_CHECKING:
@@ -103,16 +102,12 @@ def judge(
     )
 
 
-def check_name(params: Params) -> str:
-    return f"{params.tune.name}-check"
-
-
 def prepare_experiment(exp_dir: str, best: TrialOutcome, seeds: tuple[int, ...]) -> bool:
     """Whether the check at `exp_dir` (if any) checks this best λ on these seeds; a check of
     another best λ or other seeds is removed (it is derived, not data). Returns True to resume."""
     from ray import tune
 
-    key = hashlib.sha256(json.dumps([arm_configs(best, seeds)], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(arm_configs(best, seeds), sort_keys=True).encode()).hexdigest()[:12]
     path, fs = ray_storage(exp_dir)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         try:
