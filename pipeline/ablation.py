@@ -1,7 +1,9 @@
 """`spd ablation`: the paper's task ablation — one cell (task set x seed) at a time, then the report.
 
-`spd ablation run --tasks seg+pose --seed 1` trains one model through the same Ray Train path as
-`spd train` (only model.tasks, train.seed, train.epochs and the output paths differ), evaluates it
+`spd ablation data` packs the raw data once more at `ablation.image_size` (cells are many and each
+must converge, so they may train smaller than the main model). `spd ablation run --tasks seg+pose
+--seed 1` trains one model on that copy through the same Ray Train path as `spd train` (only
+model.tasks, train.seed, train.epochs, train.epoch_images and the paths differ), evaluates it
 in-domain and, via the shared coarse groups, on the cross-domain dataset, and writes
 `<ablation.out_dir>/<cell>/metrics.json`. `spd ablation report` (pipeline/ablation_report.py)
 aggregates every cell named by ablation.task_sets x ablation.seeds into reports/ablation.{md,json,png}
@@ -51,8 +53,22 @@ def cell_dir(params: Params, root: Path, task_set: str, seed: int) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+def data_params(params: Params) -> Params:
+    """The root config with `prepare` pointed at the ablation's own copy of the data: the same raw
+    sources packed at `ablation.image_size` into `ablation.data_out`/{main,cross}."""
+    out, prepare = Path(params.ablation.data_out), params.prepare
+    prepare = replace(
+        prepare,
+        image_size=params.ablation.image_size,
+        main=replace(prepare.main, out=str(out / "main")),
+        cross=None if prepare.cross is None else replace(prepare.cross, out=str(out / "cross")),
+    )
+    return replace(params, prepare=prepare)
+
+
 def cell_params(params: Params, task_set: str, seed: int) -> Params:
-    """The training configuration of one cell: the main config with only the ablated knobs changed."""
+    """The training configuration of one cell: the main config with only the ablated knobs changed
+    (and the ablation's data)."""
     name = cell_name(task_set, seed)
     out = Path(params.ablation.out_dir) / name
     model = replace(params.model, tasks=tuple(task_set.split("+")))
@@ -60,12 +76,13 @@ def cell_params(params: Params, task_set: str, seed: int) -> Params:
         params.train,
         seed=seed,
         epochs=params.ablation.epochs,
+        epoch_images=params.ablation.epoch_images,
         run_name=f"ablation-{name}",
         model_out=str(out / "model.pt"),
         report=str(out / "train.json"),
         history=str(out / "train_history.csv"),
     )
-    return replace(params, model=model, train=train)
+    return replace(data_params(params), model=model, train=train)
 
 
 def run_cell(params: Params, root: Path, task_set: str, seed: int, log_to_mlflow: bool = True) -> dict:
@@ -141,18 +158,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # One flat parser (not nested subparsers) so --params/--set work before or after the action.
     parser.add_argument(
         "action",
-        choices=("run", "report"),
-        help="run: train + evaluate one cell (task set x seed); report: aggregate all cells",
+        choices=("data", "run", "report"),
+        help="data: pack the cells' data at ablation.image_size; run: train + evaluate one cell "
+        "(task set x seed); report: aggregate all cells",
     )
     parser.add_argument("--tasks", help="run: task set, e.g. seg+pose (one of ablation.task_sets)")
     parser.add_argument("--seed", type=int, help="run: training seed")
     parser.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
+    parser.add_argument("--no-progress", action="store_true", help="data: no progress bar")
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from pipeline.runtime import project_root
 
     root = project_root(args.params)
+    if args.action == "data":
+        from pipeline import prepare
+
+        return prepare.run(data_params(params), args)
     if args.action == "run":
         if args.tasks is None or args.seed is None:
             raise SpdError("spd ablation run needs --tasks TASK_SET and --seed N")

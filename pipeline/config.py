@@ -114,7 +114,10 @@ class TuneConfig:
 class AblationConfig:
     task_sets: tuple[str, ...]
     seeds: tuple[int, ...]
-    epochs: int  # per cell: 12 cells x 1 epoch fit the 30-minute budget on 2 CPU cores
+    epochs: int  # per cell
+    epoch_images: int | None  # images per cell epoch (train.epoch_images); None: a pass over the split
+    image_size: int  # the cells train and are scored on their own copy of the data at this size
+    data_out: str  # ... packed here (main/, cross/) by `spd ablation data`
     out_dir: str  # one directory per cell: <task set>-s<seed>/
     report: str
     metrics: str  # the report's numbers, for `dvc metrics`
@@ -197,6 +200,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("train.keep_checkpoints", _positive, "a positive integer"),
     ("train.val_every", _positive, "a positive integer"),
     ("train.loader_workers", _non_negative, "an integer >= 0"),
+    ("train.epoch_images", lambda v: v is None or v > 0, "a positive integer or null"),
     ("ray.num_cpus", lambda v: v is None or v > 0, "a positive integer or null"),
     ("evaluate.batch_size", _positive, "a positive integer"),
     ("evaluate.overlays", _non_negative, "an integer >= 0"),
@@ -213,6 +217,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("tune.workers_per_trial", _positive, "a positive integer"),
     ("tune.cpus_per_worker", _positive, "a positive number"),
     ("ablation.epochs", _positive, "a positive integer"),
+    ("ablation.epoch_images", lambda v: v is None or v > 0, "a positive integer or null"),
+    ("ablation.image_size", _multiple_of_8, "a positive multiple of 8"),
     ("ablation.confidence", _fraction, "a fraction strictly between 0 and 1"),
     ("ablation.power", _fraction, "a fraction strictly between 0 and 1"),
     ("ablation.mde_target", _positive, "a positive number"),
@@ -238,6 +244,12 @@ def _cross_field_checks(p: Params) -> None:
         fail("loss", "all λ weights are 0; at least one must be positive")
     if p.train.augment.scale_min > p.train.augment.scale_max:
         fail("train.augment.scale_min", "must be <= train.augment.scale_max")
+    for key, images in (
+        ("train.epoch_images", p.train.epoch_images),
+        ("ablation.epoch_images", p.ablation.epoch_images),
+    ):
+        if images is not None and images < p.train.batch_size:
+            fail(key, f"must be >= train.batch_size ({p.train.batch_size}): an epoch is whole batches")
     if p.train.batch_size < p.train.ray_workers:
         fail("train.batch_size", f"must be >= train.ray_workers ({p.train.ray_workers})")
     for i, ts in enumerate(p.ablation.task_sets):

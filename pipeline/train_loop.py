@@ -98,6 +98,7 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     from spd.data.dataset import SPDDataset
     from spd.data.device_augment import augment_batch, training_data
     from spd.data.packed import PackedSplit
+    from spd.data.sampling import EpochSliceSampler
     from spd.engine import build_optimizer, build_scheduler, to_device
     from spd.flops import train_flops_per_image
     from spd.losses import SPDLoss
@@ -113,9 +114,12 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     train_ds, batch_transform = training_data(train_split, t.augment, device)
     val_ds = SPDDataset(val_split, augment=None)
     per_worker_batch = max(1, t.batch_size // world)
-    sampler = DistributedSampler(
-        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed, drop_last=True
-    )
+    if t.epoch_images is None:  # an epoch is one pass over the split
+        sampler = DistributedSampler(
+            train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed, drop_last=True
+        )
+    else:
+        sampler = EpochSliceSampler(len(train_ds), t.epoch_images, num_replicas=world, rank=rank, seed=t.seed)
     loading = {
         "num_workers": t.loader_workers,
         "persistent_workers": t.loader_workers > 0,

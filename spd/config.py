@@ -101,6 +101,7 @@ class TrainConfig:
     report: str = "reports/train.json"
     history: str = "reports/train_history.csv"
     val_every: int = 1
+    epoch_images: int | None = None  # images per epoch; None: one pass over the training split
     loader_workers: int = 0  # DataLoader processes per Ray worker (0: load in the training process)
     fault_at_epoch: int | None = None  # testing hook: a worker dies mid-epoch once, here
 

@@ -41,7 +41,8 @@ def _tiny_params(root_params: Path, tracking_uri: str) -> dict:
     )
     raw["evaluate"].update(batch_size=8, overlays=0)
     raw["mlflow"].update(tracking_uri=tracking_uri, experiment="spd-ablation-test")
-    raw["ablation"].update(task_sets=TASK_SETS, seeds=SEEDS, epochs=1)
+    # 1 epoch of 16 of the 24 images, on the cells' own copy of the data (at the same 64 px)
+    raw["ablation"].update(task_sets=TASK_SETS, seeds=SEEDS, epochs=1, epoch_images=16, image_size=64)
     return raw
 
 
@@ -143,7 +144,10 @@ def test_dvc_repro_runs_every_cell_and_reports_mean_and_std_from_their_metrics(a
     root_stages = _run(["dvc", "stage", "list", "--name-only"], proj, env).split()
     assert "train" in root_stages and not any("ablation" in s or s == "report" for s in root_stages)
     ablation_stages = _run(["dvc", "stage", "list", "--name-only", "ablation/dvc.yaml"], proj, env).split()
-    assert len(ablation_stages) == len(TASK_SETS) * len(SEEDS) + 1
+    assert len(ablation_stages) == len(TASK_SETS) * len(SEEDS) + 2  # + data, report
+    # The cells trained on their own copy of the raw data, packed by the pipeline's data stage.
+    assert "Running stage 'ablation/dvc.yaml:data'" in out
+    assert (proj / "data/prepared/ablation/main/train").is_dir()
 
 
 @pytest.mark.slow

@@ -29,6 +29,9 @@ def _spd(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (lambda p: p["loss"].update(lambda_seg=-1), "loss.lambda_seg"),
         # the seed check needs seeds no search trial trained with (train.seed is 0)
         (lambda p: p["tune"].update(check_seeds=[0, 1]), "tune.check_seeds"),
+        # an epoch is whole batches; the ablation packs its own data at a size the model takes
+        (lambda p: p["train"].update(epoch_images=4), "train.epoch_images"),
+        (lambda p: p["ablation"].update(image_size=60), "ablation.image_size"),
     ],
 )
 def test_a_bad_params_file_names_the_key(tmp_path: Path, project_root: Path, edit, key: str) -> None:
