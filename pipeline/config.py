@@ -158,6 +158,10 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
+def _positive_or_null(v: Any) -> bool:
+    return v is None or v > 0
+
+
 def _multiple_of_8(v: int) -> bool:
     return v > 0 and v % 8 == 0
 
@@ -200,13 +204,13 @@ _RULES: list[tuple[str, Any, str]] = [
     ("train.keep_checkpoints", _positive, "a positive integer"),
     ("train.val_every", _positive, "a positive integer"),
     ("train.loader_workers", _non_negative, "an integer >= 0"),
-    ("train.epoch_images", lambda v: v is None or v > 0, "a positive integer or null"),
-    ("ray.num_cpus", lambda v: v is None or v > 0, "a positive integer or null"),
+    ("train.epoch_images", _positive_or_null, "a positive integer or null"),
+    ("ray.num_cpus", _positive_or_null, "a positive integer or null"),
     ("evaluate.batch_size", _positive, "a positive integer"),
     ("evaluate.overlays", _non_negative, "an integer >= 0"),
     ("register.max_pixels", _positive, "a positive integer"),
     ("tune.num_trials", _positive, "a positive integer"),
-    ("tune.max_concurrent", lambda v: v is None or v > 0, "a positive integer or null"),
+    ("tune.max_concurrent", _positive_or_null, "a positive integer or null"),
     ("tune.lambda_pose", _interval, "[low, high] with 0 < low <= high"),
     ("tune.lambda_densepose", _interval, "[low, high] with 0 < low <= high"),
     ("tune.lr", _interval, "null or [low, high] with 0 < low <= high"),
@@ -217,7 +221,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("tune.workers_per_trial", _positive, "a positive integer"),
     ("tune.cpus_per_worker", _positive, "a positive number"),
     ("ablation.epochs", _positive, "a positive integer"),
-    ("ablation.epoch_images", lambda v: v is None or v > 0, "a positive integer or null"),
+    ("ablation.epoch_images", _positive_or_null, "a positive integer or null"),
     ("ablation.image_size", _multiple_of_8, "a positive multiple of 8"),
     ("ablation.confidence", _fraction, "a fraction strictly between 0 and 1"),
     ("ablation.power", _fraction, "a fraction strictly between 0 and 1"),

@@ -93,12 +93,12 @@ def train_loop_per_worker(config: dict) -> None:
 def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     import ray.train.torch
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import DataLoader, Subset
 
     from spd.data.dataset import SPDDataset
     from spd.data.device_augment import augment_batch, training_data
     from spd.data.packed import PackedSplit
-    from spd.data.sampling import EpochSliceSampler
+    from spd.data.sampling import epoch_sampler
     from spd.engine import build_optimizer, build_scheduler, to_device
     from spd.flops import train_flops_per_image
     from spd.losses import SPDLoss
@@ -114,12 +114,7 @@ def _setup(params: Params, root: Path, rank: int, world: int) -> _Setup:
     train_ds, batch_transform = training_data(train_split, t.augment, device)
     val_ds = SPDDataset(val_split, augment=None)
     per_worker_batch = max(1, t.batch_size // world)
-    if t.epoch_images is None:  # an epoch is one pass over the split
-        sampler = DistributedSampler(
-            train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed, drop_last=True
-        )
-    else:
-        sampler = EpochSliceSampler(len(train_ds), t.epoch_images, num_replicas=world, rank=rank, seed=t.seed)
+    sampler = epoch_sampler(len(train_ds), t.epoch_images, num_replicas=world, rank=rank, seed=t.seed)
     loading = {
         "num_workers": t.loader_workers,
         "persistent_workers": t.loader_workers > 0,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from spd.data.sampling import EpochSliceSampler
+from spd.data.sampling import EpochSliceSampler, epoch_sampler
 
 
 def _epoch(sampler: EpochSliceSampler, epoch: int) -> list[int]:
@@ -49,3 +49,15 @@ def test_an_empty_split_or_fewer_images_than_replicas_is_refused() -> None:
         EpochSliceSampler(0, 4)
     with pytest.raises(ValueError, match="at least one image per replica"):
         EpochSliceSampler(10, 1, num_replicas=2)
+
+
+def test_the_training_loop_sampler_is_a_pass_per_epoch_unless_epoch_images_is_set() -> None:
+    # what pipeline/train_loop.py gives each Ray worker, from train.epoch_images
+    whole = [epoch_sampler(30, None, num_replicas=2, rank=r, seed=1) for r in range(2)]
+    assert [len(s) for s in whole] == [15, 15]
+    for s in whole:
+        s.set_epoch(3)
+    assert sorted(list(whole[0]) + list(whole[1])) == list(range(30))
+    short = epoch_sampler(30, 10, num_replicas=2, rank=0, seed=1)
+    short.set_epoch(3)
+    assert len(short) == 5 and len(list(short)) == 5

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class EpochSliceSampler(Sampler[int]):
@@ -49,3 +49,15 @@ class EpochSliceSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_replica
+
+
+def epoch_sampler(
+    size: int, epoch_images: int | None, num_replicas: int = 1, rank: int = 0, seed: int = 0
+) -> Sampler[int]:
+    """The training sampler of one worker (call `set_epoch` before each epoch): one shuffled pass over
+    the split per epoch when `epoch_images` is None, else `EpochSliceSampler` epochs of that many."""
+    if epoch_images is None:
+        return DistributedSampler(
+            range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    return EpochSliceSampler(size, epoch_images, num_replicas=num_replicas, rank=rank, seed=seed)
