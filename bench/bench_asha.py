@@ -9,8 +9,10 @@ seen, so after its random start-up trials the two searches may propose different
 
     python bench/bench_asha.py [--trials 8] [--params params.yaml] [--set key=value ...]
 
-Needs the prepared data (`dvc repro prepare`). Runs in a temporary directory (its own Tune state,
-outputs and sqlite MLflow store), so the project's search and mlflow.db are untouched.
+Needs the search's data (the ablation's copy: `dvc repro ablation/dvc.yaml:data`). Runs in a
+temporary directory (its own Tune state, outputs and sqlite MLflow store), so the project's search
+and mlflow.db are untouched. Records the machine's measured peak FLOP/s before and after (a host
+that slows down mid-run changes the wall ratio, not the trial-epoch ratio).
 Writes bench/results/asha.json.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_train_step import machine, measured_peaks  # noqa: E402
 
 from pipeline import runtime  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
@@ -42,15 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "asha.json"))
     args = ap.parse_args(argv)
 
+    import torch
+
+    from tuning.search import search_params
     from tuning.tune import run_search
 
     root = runtime.project_root(args.params)
     base = load_params(args.params, args.overrides)
-    data = Path(runtime.resolve_path(root, base.prepare.main.out))
+    data = Path(runtime.resolve_path(root, search_params(base).prepare.main.out))
     if not (data / "train" / "manifest.json").is_file():
-        print(f"{data}: no prepared data; run `dvc repro prepare` first", file=sys.stderr)
+        print(f"{data}: no prepared data; run `dvc repro ablation/dvc.yaml:data` first", file=sys.stderr)
         return 1
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    load_before = os.getloadavg()
+    peak_before = measured_peaks(torch.device("cpu"), seconds=2.0, bf16=False)
     runtime.init_ray(replace(base.ray, num_cpus=base.ray.num_cpus or os.cpu_count()))
 
     rows: dict[str, dict] = {}
@@ -59,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / mode
             params = replace(
                 base,
-                prepare=replace(base.prepare, main=replace(base.prepare.main, out=str(data))),
                 tune=replace(
                     base.tune,
                     name=f"bench-{mode}",
@@ -105,17 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     a, f = rows["asha"], rows["full"]
     ba, bf = a["best"], f["best"]
     same = all(abs(ba[k] - bf[k]) <= 1e-9 * max(1.0, abs(bf[k])) for k in ("lambda_pose", "lambda_densepose"))
+    peak_after = measured_peaks(torch.device("cpu"), seconds=2.0, bf16=False)
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(load_before),
+        "peak_flops_before": peak_before,
+        "peak_flops_after": peak_after,
         "setup": {
             "trials": args.trials,
             "epochs": base.tune.epochs,
+            "epoch_images": base.tune.epoch_images,
             "grace_period": base.tune.grace_period,
             "reduction_factor": base.tune.reduction_factor,
             "workers_per_trial": base.tune.workers_per_trial,
             "cpus_per_worker": base.tune.cpus_per_worker,
             "seed": base.tune.seed,
-            "image_size": base.prepare.image_size,
+            "image_size": base.ablation.image_size,
             "backbone": base.model.backbone,
             "overrides": args.overrides,
         },

@@ -99,6 +99,7 @@ class TuneConfig:
     lambda_densepose: tuple[float, float]
     lr: tuple[float, float] | None  # log-uniform; None: keep train.lr
     epochs: int
+    epoch_images: int | None  # images per trial epoch (an ASHA rung unit); None: a pass over the split
     grace_period: int
     reduction_factor: int
     max_failures: int
@@ -215,6 +216,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("tune.lambda_densepose", _interval, "[low, high] with 0 < low <= high"),
     ("tune.lr", _interval, "null or [low, high] with 0 < low <= high"),
     ("tune.epochs", _positive, "a positive integer"),
+    ("tune.epoch_images", _positive_or_null, "a positive integer or null"),
     ("tune.grace_period", _positive, "a positive integer"),
     ("tune.reduction_factor", lambda v: v >= 2, "an integer >= 2"),
     ("tune.max_failures", _non_negative, "an integer >= 0"),
@@ -251,6 +253,7 @@ def _cross_field_checks(p: Params) -> None:
     for key, images in (
         ("train.epoch_images", p.train.epoch_images),
         ("ablation.epoch_images", p.ablation.epoch_images),
+        ("tune.epoch_images", p.tune.epoch_images),
     ):
         if images is not None and images < p.train.batch_size:
             fail(key, f"must be >= train.batch_size ({p.train.batch_size}): an epoch is whole batches")

@@ -89,14 +89,13 @@ def code_files() -> list[Path]:
     return sorted(Path(spd.__file__).parent.rglob("*.py")) + [loop]
 
 
-def check_prepared(root: Path, params: Params) -> Path:
-    """The prepared data directory (prepare.main.out); SpdError when a split is missing."""
+def check_prepared(root: Path, params: Params, made_by: str = "prepare.main.out; run `spd prepare`") -> Path:
+    """The prepared data directory (prepare.main.out); SpdError when a split is missing, saying
+    which key names it and which command `made_by` it."""
     data_dir = Path(runtime.resolve_path(root, params.prepare.main.out))
     for split in ("train", "val"):
         if not (data_dir / split / "manifest.json").is_file():
-            raise SpdError(
-                f"{data_dir / split}: no prepared data (prepare.main.out); run `spd prepare` first"
-            )
+            raise SpdError(f"{data_dir / split}: no prepared data ({made_by} first)")
     return data_dir
 
 

@@ -84,6 +84,8 @@ TINY = [
     "synth.image_size=64",
     "synth.cross.count=8",
     "prepare.image_size=64",
+    "ablation.image_size=64",  # the λ search's data (the ablation's copy)
+    "tune.epoch_images=null",
     "model.head_channels=16",
     "train.epochs=2",
     "train.batch_size=8",
@@ -110,7 +112,8 @@ def make_project(tmp: Path, prepared: Path, overrides: list[str]) -> Path:
     """A project directory holding only a tiny params.yaml that points at prepared data."""
     project = tmp / "project"
     project.mkdir()
-    write_params(project, [f"prepare.main.out={prepared}", "prepare.cross=null", *overrides])
+    data = [f"prepare.main.out={prepared}", f"ablation.data_out={prepared.parent}", "prepare.cross=null"]
+    write_params(project, [*data, *overrides])
     return project
 
 

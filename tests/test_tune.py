@@ -34,11 +34,12 @@ def _project(tmp_path: Path, prepared: Path | None, *overrides: str) -> Path:
         "model.head_channels=16",
         "train.batch_size=8",
         "train.max_failures=0",
+        "tune.epoch_images=null",  # an epoch is a pass over the tiny split
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "mlflow.experiment=spd-tune-test",
     ]
-    if prepared is not None:
-        base.append(f"prepare.main.out={prepared}")
+    if prepared is not None:  # the search trains on the ablation's copy of the data: <data_out>/main
+        base += [f"ablation.data_out={prepared.parent}", "ablation.image_size=64"]
     raw = apply_overrides(read_params_file(ROOT / "params.yaml"), base + list(overrides))
     params_from_dict(raw)  # the tmp project starts valid
     path = tmp_path / "params.yaml"
@@ -93,7 +94,7 @@ def _wait_for_a_finished_trial(tmp_path: Path, proc: subprocess.Popen, timeout_s
         ("tune.lambda_densepose=[5.0, 0.5]", "tune.lambda_densepose"),
         ("tune.lr=[0.01, 0.001]", "tune.lr"),
         ("tune.num_trials=0", "tune.num_trials"),
-        ("tune.grace_period=9", "tune.grace_period"),
+        ("tune.grace_period=99", "tune.grace_period"),
     ],
 )
 def test_invalid_search_space_fails_before_ray_naming_the_key(tmp_path: Path, override: str, key: str):
@@ -285,6 +286,29 @@ def test_concurrent_trials_follow_the_resources_each_trial_needs():
     # Never 0: a trial bigger than the cluster runs alone (its trainer waits for an autoscaler).
     assert max_concurrent_trials(TuneConfig(cpus_per_worker=4.0), {"CPU": 2.0}, False) == 1
     assert max_concurrent_trials(TuneConfig(max_concurrent=3), {"CPU": 2.0}, False) == 3
+
+
+def test_a_trial_trains_on_the_ablation_data_at_its_size_with_the_tune_budget():
+    from tuning.search import search_params, trial_params
+
+    raw = read_params_file(ROOT / "params.yaml")
+    params = params_from_dict(
+        apply_overrides(raw, ["ablation.image_size=96", "ablation.data_out=exp", "tune.epoch_images=400"])
+    )
+    trial = trial_params(search_params(params), {"lambda_pose": 0.5, "lambda_densepose": 2.0})
+    assert trial.prepare.main.out == "exp/main" and trial.prepare.image_size == 96
+    assert (trial.train.epochs, trial.train.epoch_images) == (params.tune.epochs, 400)
+    assert trial.loss.lambda_pose == pytest.approx(0.5 * params.loss.lambda_seg)
+
+
+def test_a_search_without_its_data_fails_before_ray_naming_the_key_and_the_command(tmp_path: Path):
+    params_file = _project(tmp_path, None, "ablation.data_out=nowhere")
+    res = _spd_tune(params_file, env={"RAY_ADDRESS": "127.0.0.1:9"}, timeout=120)
+    assert res.returncode == 1, res.stderr
+    made_by = "(ablation.data_out; run `spd ablation data` first)"
+    assert f"nowhere/main/train: no prepared data {made_by}" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "tuning").exists()
 
 
 def test_a_new_search_result_changes_what_dvc_hashes_for_train_only_when_from_tuning_is_on(tmp_path: Path):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.ablation import data_params
 from pipeline.config import Params, TuneConfig
 from pipeline.train_state import checkpoint_history
 from spd.config import flatten, params_to_dict, replace
@@ -86,6 +87,17 @@ def max_concurrent_trials(cfg: TuneConfig, cluster: dict[str, float], use_gpu: b
     return max(1, fit)
 
 
+def search_params(params: Params) -> Params:
+    """The project's params as the search sees them: trials train and validate on the ablation's
+    copy of the data (`ablation.image_size`, `ablation.data_out`).
+
+    The search and the ablation are the project's two experiments, sized for the same machine: many
+    models, each trained until its val mIoU has levelled off. Sharing one copy of the data also
+    means the λ the search finds are found at the resolution the ablation compares tasks at.
+    """
+    return data_params(params)
+
+
 def trial_params(params: Params, config: dict[str, Any]) -> Params:
     """The training params of one trial: sampled λ (and lr), the tune section's budget and resources
     (and, for a seed-check run, its seed).
@@ -103,6 +115,7 @@ def trial_params(params: Params, config: dict[str, Any]) -> Params:
     train = replace(
         params.train,
         epochs=params.tune.epochs,
+        epoch_images=params.tune.epoch_images,
         ray_workers=params.tune.workers_per_trial,
         cpus_per_worker=params.tune.cpus_per_worker,
         batch_size=max(params.train.batch_size, params.tune.workers_per_trial),

@@ -128,9 +128,10 @@ def run_search(
     from tuning import search
 
     check_searchable(params)
+    params = search.search_params(params)
     root = Path(project_root).resolve()
     tc = params.tune
-    data_dir = train_state.check_prepared(root, params)
+    data_dir = train_state.check_prepared(root, params, "ablation.data_out; run `spd ablation data`")
     storage = runtime.resolve_path(root, tc.storage_path)
     exp_dir = f"{storage}/{tc.name}"
     fingerprint = search_fingerprint(params, data_dir)
