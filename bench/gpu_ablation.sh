@@ -29,7 +29,6 @@ profile = [
     "ablation.image_size=128",
     "ablation.seeds=[0, 1, 2, 3, 4]",
     "ablation.epochs=24",
-    "ablation.epoch_images=1000",
 ]
 raw = apply_overrides(read_params_file("params.yaml"), profile)
 params_from_dict(raw)  # the profile is valid before anything runs
