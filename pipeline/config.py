@@ -146,6 +146,11 @@ class Params:
     ablation: AblationConfig
 
 
+def trial_batch_size(p: Params) -> int:
+    """A search trial's global batch: train.batch_size, raised so each of its workers gets one."""
+    return max(p.train.batch_size, p.tune.workers_per_trial)
+
+
 # ---------------------------------------------------------------------------------------------
 # Range rules: (key path, predicate, what was expected). Checked after the types.
 # ---------------------------------------------------------------------------------------------
@@ -250,13 +255,14 @@ def _cross_field_checks(p: Params) -> None:
         fail("loss", "all λ weights are 0; at least one must be positive")
     if p.train.augment.scale_min > p.train.augment.scale_max:
         fail("train.augment.scale_min", "must be <= train.augment.scale_max")
-    for key, images in (
-        ("train.epoch_images", p.train.epoch_images),
-        ("ablation.epoch_images", p.ablation.epoch_images),
-        ("tune.epoch_images", p.tune.epoch_images),
+    trial_batch = trial_batch_size(p)
+    for key, images, batch in (
+        ("train.epoch_images", p.train.epoch_images, p.train.batch_size),
+        ("ablation.epoch_images", p.ablation.epoch_images, p.train.batch_size),
+        ("tune.epoch_images", p.tune.epoch_images, trial_batch),
     ):
-        if images is not None and images < p.train.batch_size:
-            fail(key, f"must be >= train.batch_size ({p.train.batch_size}): an epoch is whole batches")
+        if images is not None and images < batch:
+            fail(key, f"must be >= a batch ({batch} images): an epoch is whole batches")
     if p.train.batch_size < p.train.ray_workers:
         fail("train.batch_size", f"must be >= train.ray_workers ({p.train.ray_workers})")
     for i, ts in enumerate(p.ablation.task_sets):

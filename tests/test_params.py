@@ -31,6 +31,8 @@ def _spd(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (lambda p: p["tune"].update(check_seeds=[0, 1]), "tune.check_seeds"),
         # an epoch is whole batches; the ablation packs its own data at a size the model takes
         (lambda p: p["train"].update(epoch_images=4), "train.epoch_images"),
+        # a trial's batch is raised to one image per worker: 12 workers, batch 8, 10 images
+        (lambda p: p["tune"].update(workers_per_trial=12, epoch_images=10), "tune.epoch_images"),
         (lambda p: p["ablation"].update(image_size=60), "ablation.image_size"),
     ],
 )

@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune import Callback
 
 from pipeline.ablation import data_params
-from pipeline.config import Params, TuneConfig
+from pipeline.config import Params, TuneConfig, trial_batch_size
 from pipeline.train_state import checkpoint_history
 from spd.config import flatten, params_to_dict, replace
 
@@ -118,7 +118,7 @@ def trial_params(params: Params, config: dict[str, Any]) -> Params:
         epoch_images=params.tune.epoch_images,
         ray_workers=params.tune.workers_per_trial,
         cpus_per_worker=params.tune.cpus_per_worker,
-        batch_size=max(params.train.batch_size, params.tune.workers_per_trial),
+        batch_size=trial_batch_size(params),
         lr=float(config["lr"]) if "lr" in config else params.train.lr,
         seed=int(config["seed"]) if "seed" in config else params.train.seed,  # the seed check's runs
         val_every=1,  # ASHA decides on every epoch's val mIoU
