@@ -176,6 +176,8 @@ def test_search_stops_bad_trials_checks_the_best_on_fresh_seeds_logs_each_once_a
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stdout[-3000:] + stderr[-5000:]
     assert not (tmp_path / "tuning" / "best_params.yaml").exists()  # no outputs from half a search
+    runs, _ = _mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["KILLED"]
 
     res = _spd_tune(params_file)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

@@ -79,6 +79,10 @@ def search_fingerprint(params: Params, data_dir: Path) -> str:
     return h.hexdigest()[:12]
 
 
+class NoTrialReportedError(SpdError):
+    """Every trial of the search failed before reporting val mIoU."""
+
+
 @dataclass(frozen=True)
 class SearchOutcome:
     trials: list[TrialOutcome]  # one per trial, in Tune's order
@@ -163,12 +167,20 @@ def run_search(
         tuner = _new_tuner(params, trainable, storage, callbacks, early_stopping)
         _write_search_state(exp_dir, fingerprint, tc.name)
 
+    # The parent run ends once, here: FAILED when no trial reported, KILLED when interrupted
+    # (Ctrl-C inside Tune returns with trials unfinished; elsewhere it raises).
     try:
         tuner.fit()
+        outcome = _finish(params, root, exp_dir, uri, experiment_id, parent_run_id)
+    except NoTrialReportedError:
+        search.end_parent_run(uri, parent_run_id, "FAILED")
+        raise
     except BaseException:
         search.end_parent_run(uri, parent_run_id, "KILLED")
         raise
-    return _finish(params, root, exp_dir, uri, experiment_id, parent_run_id)
+    if outcome.interrupted:
+        search.end_parent_run(uri, parent_run_id, "KILLED")
+    return outcome
 
 
 def _trainable(params: Params, root: Path, train_storage: str) -> Any:
@@ -271,27 +283,20 @@ def _finish(
     tc = params.tune
     outcomes = _outcomes(exp_dir, tc.epochs)
     if any(o.status == search.STATUS_UNFINISHED for o in outcomes):
-        search.end_parent_run(uri, parent_run_id, "KILLED")
         return SearchOutcome(outcomes, None, True, None)
 
     out_dir = Path(runtime.resolve_path(root, tc.out_dir))
     best = search.best_outcome(outcomes)
     if best is None:
         report.write_trials_csv(out_dir / "trials.csv", outcomes)
-        search.end_parent_run(uri, parent_run_id, "FAILED")
-        raise SpdError(
+        raise NoTrialReportedError(
             f"search {tc.name}: no trial reported {search.METRIC} (all {len(outcomes)} failed; "
             f"see {out_dir / 'trials.csv'} and the error files under {exp_dir})"
         )
     check = None
     if tc.check_seeds:
-        try:
-            check = _seed_check(params, root, f"{exp_dir}-check", best, uri, experiment_id, parent_run_id)
-        except BaseException:
-            search.end_parent_run(uri, parent_run_id, "KILLED")
-            raise
+        check = _seed_check(params, root, f"{exp_dir}-check", best, uri, experiment_id, parent_run_id)
         if check is None:
-            search.end_parent_run(uri, parent_run_id, "KILLED")
             return SearchOutcome(outcomes, None, True, None)
 
     report.write_trials_csv(out_dir / "trials.csv", outcomes)
