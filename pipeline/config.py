@@ -255,11 +255,10 @@ def _cross_field_checks(p: Params) -> None:
         fail("loss", "all λ weights are 0; at least one must be positive")
     if p.train.augment.scale_min > p.train.augment.scale_max:
         fail("train.augment.scale_min", "must be <= train.augment.scale_max")
-    trial_batch = trial_batch_size(p)
     for key, images, batch in (
         ("train.epoch_images", p.train.epoch_images, p.train.batch_size),
         ("ablation.epoch_images", p.ablation.epoch_images, p.train.batch_size),
-        ("tune.epoch_images", p.tune.epoch_images, trial_batch),
+        ("tune.epoch_images", p.tune.epoch_images, trial_batch_size(p)),
     ):
         if images is not None and images < batch:
             fail(key, f"must be >= a batch ({batch} images): an epoch is whole batches")

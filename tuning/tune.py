@@ -167,8 +167,9 @@ def run_search(
         tuner = _new_tuner(params, trainable, storage, callbacks, early_stopping)
         _write_search_state(exp_dir, fingerprint, tc.name)
 
-    # The parent run ends once, here: FAILED when no trial reported, KILLED when interrupted
-    # (Ctrl-C inside Tune returns with trials unfinished; elsewhere it raises).
+    # The parent run ends once, here: FAILED when no trial reported; KILLED when interrupted (Ctrl-C
+    # inside Tune returns with trials unfinished, elsewhere it raises) or stopped by an error, as
+    # running the search again continues it.
     try:
         tuner.fit()
         outcome = _finish(params, root, exp_dir, uri, experiment_id, parent_run_id)
